@@ -1,0 +1,117 @@
+// Shared machinery of the CUDA kernels: one launch shape (a grid-stride loop over an index space
+// calling a functor), an accumulate that is atomic on the device, and enum -> template dispatch.
+//
+// Every kernel in csrc/cuda is a functor `f(i)` over an index range run by for_each_index(), so
+// the per-element math lives in __host__ __device__ code. Defining PBG_CUDA_HOST_EMULATION makes
+// for_each_index() run the range sequentially on the host instead of launching: the launchers
+// can then be exercised on host memory on a machine without a GPU (a test hook; production
+// builds never define it).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "../kernels/common.h"
+
+namespace pbg {
+namespace cuda {
+namespace detail {
+
+constexpr int kThreadsPerBlock = 256;
+// Grid-stride loops cover any range; more blocks than this only add scheduling overhead.
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+
+template <typename F>
+__global__ void for_each_index_kernel(int64_t n, F f) {
+  const int64_t stride = int64_t(blockDim.x) * gridDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+// Runs f(i) for i in [0, n) on `stream`; returns the launch error. n == 0 launches nothing (a
+// zero-block grid is an error in CUDA).
+template <typename F>
+cudaError_t for_each_index(int64_t n, const F& f, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+#if defined(PBG_CUDA_HOST_EMULATION)
+  (void)stream;
+  for (int64_t i = 0; i < n; ++i) f(i);
+  return cudaSuccess;
+#else
+  int64_t blocks = (n + kThreadsPerBlock - 1) / kThreadsPerBlock;
+  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+  for_each_index_kernel<<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(n, f);
+  return cudaGetLastError();
+#endif
+}
+
+// *p += v, atomically on the device (several threads accumulate into one parameter row).
+template <typename T>
+PBG_HD void add_to(T* p, T v) {
+#if defined(__CUDA_ARCH__)
+  atomicAdd(p, v);
+#else
+  *p += v;
+#endif
+}
+
+PBG_HD int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Enum -> compile-time constant, so inner loops never branch on the comparator / operator /
+// loss. f receives a tag whose ::value is the constant.
+template <Comparator C>
+struct ComparatorTag {
+  static constexpr Comparator value = C;
+};
+template <Operator O>
+struct OperatorTag {
+  static constexpr Operator value = O;
+};
+template <Loss L>
+struct LossTag {
+  static constexpr Loss value = L;
+};
+
+template <typename F>
+cudaError_t dispatch_comparator(Comparator c, F&& f) {
+  switch (c) {
+    case Comparator::Dot: return f(ComparatorTag<Comparator::Dot>{});
+    case Comparator::Cos: return f(ComparatorTag<Comparator::Cos>{});
+    case Comparator::L2: return f(ComparatorTag<Comparator::L2>{});
+    case Comparator::SquaredL2: return f(ComparatorTag<Comparator::SquaredL2>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename F>
+cudaError_t dispatch_operator(Operator o, F&& f) {
+  switch (o) {
+    case Operator::None: return f(OperatorTag<Operator::None>{});
+    case Operator::Translation: return f(OperatorTag<Operator::Translation>{});
+    case Operator::Diagonal: return f(OperatorTag<Operator::Diagonal>{});
+    case Operator::ComplexDiagonal: return f(OperatorTag<Operator::ComplexDiagonal>{});
+    case Operator::Linear: return f(OperatorTag<Operator::Linear>{});
+    case Operator::Affine: return f(OperatorTag<Operator::Affine>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename F>
+cudaError_t dispatch_loss(Loss l, F&& f) {
+  switch (l) {
+    case Loss::Ranking: return f(LossTag<Loss::Ranking>{});
+    case Loss::Logistic: return f(LossTag<Loss::Logistic>{});
+    case Loss::Softmax: return f(LossTag<Loss::Softmax>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Returns from the enclosing function on a launch error.
+#define PBG_CUDA_RETURN_IF_ERROR(expr)      \
+  do {                                      \
+    const cudaError_t pbg_err_ = (expr);    \
+    if (pbg_err_ != cudaSuccess) return pbg_err_; \
+  } while (0)
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace pbg

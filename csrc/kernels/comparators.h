@@ -1,0 +1,108 @@
+// Comparator math shared by the CPU and CUDA kernels (torch-free).
+//
+// Scores are computed from dot products (one GEMM per chunk and side) plus, for the distance
+// comparators, squared norms:
+//   dot:        s = <a, b>
+//   cos:        s = <a/|a|, b/|b|>           (vectors normalised once, in "prepare")
+//   squared_l2: s = -max(|a|^2 + |b|^2 - 2<a,b>, 0)
+//   l2:         s = -sqrt(max(|a|^2 + |b|^2 - 2<a,b>, 1e-30))
+// Backward turns dL/ds into G = dL/d<a,b>; the norm terms then add -a * sum_j G_ij to a.
+#pragma once
+
+#include <math.h>
+
+#include "common.h"
+
+namespace pbg {
+
+template <typename T>
+PBG_HD T dot(const T* a, const T* b, int64_t d) {
+  T s = 0;
+  for (int64_t k = 0; k < d; ++k) s += a[k] * b[k];
+  return s;
+}
+
+template <typename T>
+PBG_HD T squared_norm(const T* a, int64_t d) {
+  return dot(a, a, d);
+}
+
+template <typename T>
+PBG_HD T squared_dist(const T* a, const T* b, int64_t d) {
+  T s = 0;
+  for (int64_t k = 0; k < d; ++k) {
+    const T t = a[k] - b[k];
+    s += t * t;
+  }
+  return s;
+}
+
+// Comparator traits. `prepare_normalizes`: vectors are scaled to unit norm before scoring.
+// `uses_norms`: the score needs |a|^2 and |b|^2 besides <a, b>.
+template <Comparator C>
+struct ComparatorTraits {
+  static constexpr bool prepare_normalizes = (C == Comparator::Cos);
+  static constexpr bool uses_norms = (C == Comparator::L2 || C == Comparator::SquaredL2);
+};
+
+// Score of a pair from its dot product and squared norms (norms ignored by dot/cos).
+template <Comparator C, typename T>
+PBG_HD T score_from_dot(T dot_ab, T sq_a, T sq_b) {
+  if (C == Comparator::Dot || C == Comparator::Cos) return dot_ab;
+  const T d2 = sq_a + sq_b - T(2) * dot_ab;
+  if (C == Comparator::SquaredL2) return -(d2 > T(0) ? d2 : T(0));
+  const T eps = T(kL2MinSquaredDist);
+  return -sqrt(d2 > eps ? d2 : eps);
+}
+
+// Score of a positive pair computed from the difference (more accurate than the expansion;
+// PBG does the same for positives).
+template <Comparator C, typename T>
+PBG_HD T pos_score(const T* a, const T* b, int64_t d) {
+  if (C == Comparator::Dot || C == Comparator::Cos) return dot(a, b, d);
+  const T d2 = squared_dist(a, b, d);
+  if (C == Comparator::SquaredL2) return -d2;
+  const T eps = T(kL2MinSquaredDist);
+  return -sqrt(d2 > eps ? d2 : eps);
+}
+
+// dL/d<a,b> from dL/ds and the score s itself.
+template <Comparator C, typename T>
+PBG_HD T grad_dot_from_grad_score(T score, T grad_score) {
+  if (C == Comparator::Dot || C == Comparator::Cos) return grad_score;
+  if (C == Comparator::SquaredL2) return T(2) * grad_score;  // s = -d2, d2 = .. - 2<a,b>
+  // l2: s = -sqrt(d2), ds/dd2 = 0.5 / s, dd2/d<a,b> = -2  =>  ds/d<a,b> = -1 / s.
+  // Zero where the clamp is active (as torch's clamp_min backward).
+  const T s2 = score * score;
+  if (s2 <= T(kL2MinSquaredDist)) return T(0);
+  return -grad_score / score;
+}
+
+// For a positive pair scored from the difference: dL/da = coef * (a - b), dL/db = -coef*(a - b).
+template <Comparator C, typename T>
+PBG_HD T pos_diff_coef(T score, T grad_score) {
+  // s = -d2: ds/da = -2(a-b).  s = -sqrt(d2): ds/da = -(a-b)/sqrt(d2) = (a-b)/s.
+  if (C == Comparator::SquaredL2) return T(-2) * grad_score;
+  const T s2 = score * score;
+  if (s2 <= T(kL2MinSquaredDist)) return T(0);
+  return grad_score / score;
+}
+
+// In-place x <- x / |x|; returns 1/|x| for the backward pass. A zero vector stays zero
+// (PBG would produce NaN there; we keep the row finite and its gradient zero).
+template <typename T>
+PBG_HD T normalize_row(T* x, int64_t d) {
+  const T n2 = squared_norm(x, d);
+  const T inv = n2 > T(0) ? T(1) / sqrt(n2) : T(0);
+  for (int64_t k = 0; k < d; ++k) x[k] *= inv;
+  return inv;
+}
+
+// Backward of y = x/|x| given y (unit) and dL/dy in g: g <- (g - y <y, g>) / |x|.
+template <typename T>
+PBG_HD void normalize_row_backward(const T* y, T inv_norm, T* g, int64_t d) {
+  const T yg = dot(y, g, d);
+  for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - y[k] * yg) * inv_norm;
+}
+
+}  // namespace pbg

@@ -1,0 +1,48 @@
+"""pbg_fast: graph embeddings in the line of PyTorch-BigGraph, with a C++/CUDA hot loop."""
+
+import os
+
+import torch
+
+__version__ = "0.1.0"
+
+_EXT_ERROR = None
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.pbg_fast.*)
+except ImportError as e:  # pragma: no cover - exercised only on broken installs
+    _C = None
+    _EXT_ERROR = e
+    if os.environ.get("PBG_FAST_REQUIRE_EXT") == "1":
+        raise ImportError(
+            f"pbg_fast: the native extension pbg_fast._C failed to load ({e}) and "
+            "PBG_FAST_REQUIRE_EXT=1 forbids running without it; build it with `make setup`"
+        ) from e
+
+from . import ops  # noqa: E402,F401  (autograd and fake-tensor registrations)
+
+
+def build_info() -> dict:
+    """What this installation runs on: printed in the pytest header and every benchmark record."""
+    info = {
+        "version": __version__,
+        "torch": torch.__version__,
+        "cpu_ext": _C is not None,
+        "cuda_ext": False,
+        "isa": None,
+        "compiled_isa": None,
+        "blas": None,
+        "openmp": False,
+        "threads": torch.get_num_threads(),
+    }
+    if _C is not None:
+        native = _C.native_build_info()
+        info.update(
+            isa=native["cpu_isa"],
+            compiled_isa=native["compiled_isa"],
+            blas=native["blas"],
+            openmp=native["openmp"],
+            cuda_ext=bool(native.get("cuda", False)),
+        )
+    else:
+        info["error"] = str(_EXT_ERROR)
+    return info

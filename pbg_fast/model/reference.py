@@ -1,0 +1,189 @@
+"""The same math as the native ops, in plain PyTorch: the readable spec and the tests' oracle.
+
+Written after PyTorch-BigGraph 1.0 (torchbiggraph/model.py, losses.py, row_adagrad.py): chunks
+are padded to full size and masked with -1e9 exactly as PBG does, so the kernels (which never
+pad) are checked against PBG's semantics, not against a re-derivation of them.
+"""
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MASKED_SCORE = -1e9
+
+
+# --- comparators -----------------------------------------------------------------------------
+
+
+def prepare(x: Tensor, comparator: str) -> Tensor:
+    """PBG's comparator.prepare: cos scales rows to unit norm (a zero row stays zero)."""
+    if comparator == "cos":
+        norm = x.norm(dim=-1, keepdim=True)
+        return x * torch.where(norm > 0, norm.reciprocal(), torch.zeros_like(norm))
+    return x
+
+
+def _pairwise(a: Tensor, b: Tensor, comparator: str) -> Tensor:
+    """[C, P, D] x [C, N, D] -> [C, P, N] scores s(a_p, b_n) of prepared vectors."""
+    dots = torch.bmm(a, b.transpose(-1, -2))
+    if comparator in ("dot", "cos"):
+        return dots
+    sq = a.pow(2).sum(-1).unsqueeze(-1) + b.pow(2).sum(-1).unsqueeze(-2) - 2 * dots
+    if comparator == "squared_l2":
+        return -sq.clamp_min(0)
+    return -sq.clamp_min(1e-30).sqrt()
+
+
+def _matched(a: Tensor, b: Tensor, comparator: str) -> Tensor:
+    """Scores of matched pairs a[..., i, :] with b[..., i, :]."""
+    if comparator in ("dot", "cos"):
+        return (a * b).sum(-1)
+    sq = (a - b).pow(2).sum(-1)
+    if comparator == "squared_l2":
+        return -sq
+    return -sq.clamp_min(1e-30).sqrt()
+
+
+def chunked_neg_scores(
+    lhs_pos: Tensor, rhs_pos: Tensor, lhs_neg: Tensor, rhs_neg: Tensor, comparator: str
+) -> Tuple[Tensor, Tensor, Tensor]:
+    lp, rp = prepare(lhs_pos, comparator), prepare(rhs_pos, comparator)
+    ln, rn = prepare(lhs_neg, comparator), prepare(rhs_neg, comparator)
+    return _matched(lp, rp, comparator), _pairwise(rp, ln, comparator), _pairwise(lp, rn, comparator)
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+
+def loss(pos: Tensor, neg: Tensor, weight: Optional[Tensor], loss: str, margin: float = 0.1):
+    num_pos, num_neg = neg.shape
+    w = torch.ones_like(pos) if weight is None else weight
+    if loss == "logistic":
+        neg_weight = 1.0 / num_neg if num_neg > 0 else 0.0
+        pos_loss = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), weight=w, reduction="sum")
+        neg_loss = F.binary_cross_entropy_with_logits(
+            neg, torch.zeros_like(neg), weight=w.unsqueeze(-1).expand_as(neg), reduction="sum"
+        )
+        return pos_loss + neg_weight * neg_loss
+    if num_pos == 0 or num_neg == 0:
+        return (pos.sum() + neg.sum()) * 0
+    if loss == "ranking":
+        per = F.margin_ranking_loss(
+            neg, pos.unsqueeze(1).expand_as(neg), -torch.ones_like(neg), margin=margin, reduction="none"
+        )
+        return (per * w.unsqueeze(-1)).sum()
+    if loss == "softmax":
+        scores = torch.cat([pos.unsqueeze(1), neg.logsumexp(dim=1, keepdim=True)], dim=1)
+        target = torch.zeros(num_pos, dtype=torch.long)
+        return (F.cross_entropy(scores, target, reduction="none") * w).sum()
+    raise ValueError(f"loss: unknown {loss!r}")
+
+
+# --- relation operators ----------------------------------------------------------------------
+
+
+def operator_forward(x: Tensor, op_params: Tensor, rel: Tensor, operator: str) -> Tensor:
+    """Row i of x [N, D] through relation rel[i]'s operator (params packed as in pbg_fast.ops)."""
+    d = x.shape[-1]
+    p = op_params[rel]
+    if operator == "none":
+        return x
+    if operator == "translation":
+        return x + p
+    if operator == "diagonal":
+        return x * p
+    if operator == "complex_diagonal":
+        h = d // 2
+        xr, xi, pr, pi = x[:, :h], x[:, h:], p[:, :h], p[:, h:]
+        return torch.cat([xr * pr - xi * pi, xr * pi + xi * pr], dim=-1)
+    if operator in ("linear", "affine"):
+        m = p[:, : d * d].view(-1, d, d)
+        y = torch.matmul(m, x.unsqueeze(-1)).squeeze(-1)
+        return y + p[:, d * d :] if operator == "affine" else y
+    raise ValueError(f"operator: unknown {operator!r}")
+
+
+# --- optimizer -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def row_adagrad_(weight: Tensor, state: Tensor, indices: Tensor, grad: Tensor, lr: float, eps=1e-10):
+    """PBG's RowAdagrad step on a sparse gradient: coalesce, then update the touched rows."""
+    if indices.numel() == 0:
+        return
+    rows, inverse = torch.unique(indices, return_inverse=True)
+    summed = torch.zeros(len(rows), weight.shape[1], dtype=grad.dtype).index_add_(0, inverse, grad)
+    state.index_add_(0, rows, summed.pow(2).mean(1))
+    std = state[rows].sqrt().add_(eps)
+    weight.index_add_(0, rows, -lr * summed / std.unsqueeze(1))
+
+
+# --- the fused chunk step --------------------------------------------------------------------
+
+
+def _negatives(pos_chunks: Tensor, uniform: Tensor, mode: str) -> Tensor:
+    if mode == "batch_uniform":
+        return torch.cat([pos_chunks, uniform], dim=1)
+    return uniform
+
+
+def _mask(scores: Tensor, num_pos: int, chunk_size: int, mode: str) -> Tensor:
+    """PBG's ignore mask for batch negatives: each edge's own entity, and padding columns."""
+    c = scores.shape[0]
+    if mode != "batch_uniform" or c == 0:
+        return scores
+    mask = torch.zeros(scores.shape, dtype=torch.bool)
+    idx = torch.arange(chunk_size)
+    mask[:, idx, idx] = True
+    last = num_pos - (c - 1) * chunk_size
+    mask[-1, :last, last:chunk_size] = True
+    return scores.masked_fill(mask, MASKED_SCORE)
+
+
+def chunk_step(
+    src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
+    chunk_size, src_mode, dst_mode, comparator, operator, loss_name, margin=0.1,
+):
+    """Same contract as pbg_fast.ops.chunk_step, via padding, masks and autograd."""
+    b, d = src_idx.shape[0], src_emb.shape[1]
+    c = math.ceil(b / chunk_size)
+    us, ud = src_uniform.shape[1], dst_uniform.shape[1]
+    src_rows = src_emb[torch.cat([src_idx, src_uniform.flatten()])].detach().requires_grad_()
+    dst_rows = dst_emb[torch.cat([dst_idx, dst_uniform.flatten()])].detach().requires_grad_()
+    params = op_params.detach().clone().requires_grad_()
+    uni_rel = rel[::chunk_size].repeat_interleave(ud) if b > 0 else rel[:0]
+
+    src_pos = prepare(src_rows[:b], comparator)
+    src_uni = prepare(src_rows[b:], comparator).view(c, us, d)
+    dst_pos = prepare(operator_forward(dst_rows[:b], params, rel, operator), comparator)
+    dst_uni = prepare(operator_forward(dst_rows[b:], params, uni_rel, operator), comparator)
+    dst_uni = dst_uni.view(c, ud, d)
+
+    pad = c * chunk_size - b
+    src_c = torch.cat([src_pos, src_pos.new_zeros(pad, d)]).view(c, chunk_size, d)
+    dst_c = torch.cat([dst_pos, dst_pos.new_zeros(pad, d)]).view(c, chunk_size, d)
+    src_neg = _negatives(src_c, src_uni, src_mode)
+    dst_neg = _negatives(dst_c, dst_uni, dst_mode)
+    pos = _matched(src_c, dst_c, comparator).flatten()[:b]
+    src_scores = _mask(_pairwise(dst_c, src_neg, comparator), b, chunk_size, src_mode)
+    dst_scores = _mask(_pairwise(src_c, dst_neg, comparator), b, chunk_size, dst_mode)
+    src_scores = src_scores.flatten(0, 1)[:b]
+    dst_scores = dst_scores.flatten(0, 1)[:b]
+
+    total = src_rows.new_zeros(())
+    violators = torch.zeros(2, dtype=torch.long)
+    for side, (mode, scores, u) in enumerate(
+        [(src_mode, src_scores, us), (dst_mode, dst_scores, ud)]
+    ):
+        if mode == "skip":
+            continue
+        # Padding columns do not exist in the kernel; they are masked, so only the logistic
+        # 1/M normalisation sees them, and it does here too (M = chunk_size + U).
+        total = total + loss(pos, scores, weight, loss_name, margin)
+        violators[side] = (scores > pos.unsqueeze(1)).sum()
+    grads = torch.autograd.grad(total, [src_rows, dst_rows, params], allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [src_rows, dst_rows, params])]
+    return total.detach(), grads[0], grads[1], grads[2], violators

@@ -1,0 +1,65 @@
+"""Builds pbg_fast._C through torch's cpp_extension.
+
+CPU kernels are always built. CUDA kernels are built when torch has CUDA and nvcc is found
+(PBG_FAST_CUDA=1 forces them and fails loudly without CUDA; PBG_FAST_CUDA=0 skips them).
+The CPU code targets a portable x86-64 baseline: the GEMMs go to torch's BLAS, which picks the
+best ISA at run time. PBG_FAST_NATIVE=1 adds -march=native for a machine-specific build.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    if value not in ("0", "1"):
+        raise SystemExit(f"{name} must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def _want_cuda():
+    forced = _flag("PBG_FAST_CUDA")
+    available = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if forced is True and not available:
+        raise SystemExit("PBG_FAST_CUDA=1 but torch has no CUDA or nvcc was not found")
+    return available if forced is None else forced
+
+
+def extensions():
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPBG_FAST_CPU"]
+    if _flag("PBG_FAST_NATIVE"):
+        cxx.append("-march=native")
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    link = ["-fopenmp"]
+    if _want_cuda():
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_binding.cpp"))
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+        return [
+            cpp_extension.CUDAExtension(
+                "pbg_fast._C",
+                sources,
+                extra_compile_args={"cxx": cxx + ["-DPBG_FAST_CUDA"], "nvcc": nvcc},
+                extra_link_args=link,
+            )
+        ]
+    sources = [s for s in sources if not s.endswith("_binding.cpp")]
+    return [
+        cpp_extension.CppExtension(
+            "pbg_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
+    ]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)

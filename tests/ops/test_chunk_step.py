@@ -1,0 +1,198 @@
+"""chunk_step (the fused training step): kernel vs the padded, masked autograd reference over
+every comparator x operator x loss, negative modes, and ragged shapes; opcheck; bad input."""
+
+import math
+
+import pytest
+import torch
+
+from pbg_fast import ops
+from pbg_fast.model import reference as ref
+from tests.conftest import tolerances
+
+COMPARATORS = ["dot", "cos", "l2", "squared_l2"]
+OPERATORS = ["none", "translation", "diagonal", "complex_diagonal", "linear", "affine"]
+LOSSES = ["ranking", "logistic", "softmax"]
+
+
+def make_case(b, chunk, us, ud, d, op, dtype, *, rels=1, dynamic=False, weighted=True,
+              n_src=40, n_dst=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = math.ceil(b / chunk)
+    src_emb = torch.randn(n_src, d, generator=g, dtype=dtype)
+    dst_emb = torch.randn(n_dst, d, generator=g, dtype=dtype)
+    params = ops.operator_init_params(op, d, rels).to(dtype)
+    params += 0.2 * torch.randn(params.shape, generator=g, dtype=dtype)
+    if dynamic:
+        rel = torch.randint(0, rels, (b,), generator=g)
+    else:  # one relation per chunk, as static relations give
+        rel = torch.randint(0, rels, (max(c, 1),), generator=g).repeat_interleave(chunk)[:b]
+    return dict(
+        src_emb=src_emb,
+        dst_emb=dst_emb,
+        src_idx=torch.randint(0, n_src, (b,), generator=g),
+        dst_idx=torch.randint(0, n_dst, (b,), generator=g),
+        rel=rel,
+        op_params=params,
+        src_uniform=torch.randint(0, n_src, (c, us), generator=g),
+        dst_uniform=torch.randint(0, n_dst, (c, ud), generator=g),
+        weight=(torch.rand(b, generator=g, dtype=dtype) + 0.5) if weighted else None,
+        chunk_size=chunk,
+    )
+
+
+def exact_ties(case, src_mode, dst_mode):
+    """Per side, the negatives that are the positive's own entity under another name (a
+    repeated index): their score equals the positive's in exact arithmetic, so whether rounding
+    counts them as violators is arbitrary. Violator counts may differ by at most these."""
+    chunk, ties = case["chunk_size"], []
+    for idx, uni, mode in [(case["src_idx"], case["src_uniform"], src_mode),
+                           (case["dst_idx"], case["dst_uniform"], dst_mode)]:
+        n = 0
+        for c in range(uni.shape[0]):
+            own = idx[c * chunk:(c + 1) * chunk]
+            n += int((own.unsqueeze(1) == uni[c].unsqueeze(0)).sum())
+            if mode == "batch_uniform":
+                n += int((own.unsqueeze(1) == own.unsqueeze(0)).sum()) - len(own)
+        ties.append(n if mode != "skip" else 0)
+    return torch.tensor(ties)
+
+
+def check(case, src_mode, dst_mode, comparator, operator, loss, dtype, margin=0.2):
+    args = [case[k] for k in ("src_emb", "dst_emb", "src_idx", "dst_idx", "rel", "op_params",
+                              "src_uniform", "dst_uniform", "weight", "chunk_size")]
+    out = ops.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin)
+    exp = ref.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin)
+    names = ["loss", "src_grad", "dst_grad", "op_param_grad", "violators"]
+    for name, o, e in zip(names, out, exp):
+        assert o.shape == e.shape, name
+        if name == "violators":
+            assert ((o - e).abs() <= exact_ties(case, src_mode, dst_mode)).all(), (o, e)
+        else:
+            torch.testing.assert_close(o, e, **tolerances(dtype), msg=lambda m: f"{name}: {m}")
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("operator", OPERATORS)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+def test_every_comparator_operator_loss(comparator, operator, loss, dtype):
+    # 23 edges in chunks of 5: the last chunk is short (ragged).
+    case = make_case(23, 5, 4, 3, 6, operator, dtype, rels=3)
+    out = check(case, "batch_uniform", "batch_uniform", comparator, operator, loss, dtype)
+    assert out[0].item() > 0
+
+
+# (b, chunk, us, ud, d, src_mode, dst_mode)
+SHAPES = [
+    (1, 5, 2, 2, 4, "batch_uniform", "batch_uniform"),  # one edge: C=1, P=1
+    (7, 50, 3, 3, 4, "batch_uniform", "batch_uniform"),  # one short chunk
+    (12, 4, 0, 0, 4, "batch_uniform", "batch_uniform"),  # in-chunk negatives only
+    (12, 4, 5, 5, 2, "uniform", "uniform"),  # uniform only (PBG: num_batch_negs = 0)
+    (12, 4, 0, 0, 2, "uniform", "uniform"),  # no negatives at all (PBG: NONE)
+    (12, 4, 3, 0, 4, "batch_uniform", "skip"),  # dynamic-relation direction
+    (12, 4, 0, 3, 4, "skip", "batch_uniform"),
+    (10, 3, 2, 2, 1, "batch_uniform", "batch_uniform"),  # D = 1
+    (0, 4, 3, 3, 4, "batch_uniform", "batch_uniform"),  # empty batch
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[0]}x{s[1]}-{s[5]}-{s[6]}-d{s[4]}" for s in SHAPES])
+def test_shapes_and_modes(shape, comparator, loss, dtype):
+    b, chunk, us, ud, d, sm, dm = shape
+    if d == 1 and comparator == "cos":
+        pytest.skip("cos is constantly +-1 at D=1: its gradient is 0 up to the reference's rounding")
+    operator = "translation" if d % 2 else "complex_diagonal"
+    case = make_case(b, chunk, us, ud, d, operator, dtype)
+    check(case, sm, dm, comparator, operator, loss, dtype)
+
+
+@pytest.mark.parametrize("operator", ["diagonal", "linear", "affine"])
+def test_dynamic_relations_mixed_within_a_chunk(operator):
+    # Dynamic relations: each edge has its own relation; the dst side has no uniform negatives.
+    case = make_case(20, 6, 4, 0, 4, operator, torch.float64, rels=5, dynamic=True)
+    check(case, "batch_uniform", "skip", "dot", operator, "softmax", torch.float64)
+
+
+def test_repeated_entities_and_unweighted():
+    # Tiny tables: rows repeat within and across chunks, on both sides.
+    case = make_case(30, 7, 6, 6, 4, "diagonal", torch.float64, n_src=3, n_dst=2, weighted=False)
+    check(case, "batch_uniform", "batch_uniform", "cos", "diagonal", "logistic", torch.float64)
+
+
+def test_grads_feed_row_adagrad():
+    case = make_case(23, 5, 4, 3, 6, "none", torch.float32)
+    loss, src_grad, dst_grad, _, _ = ops.chunk_step(
+        *[case[k] for k in ("src_emb", "dst_emb", "src_idx", "dst_idx", "rel", "op_params",
+                            "src_uniform", "dst_uniform", "weight", "chunk_size")],
+        "batch_uniform", "batch_uniform", "dot", "none", "softmax", 0.1)
+    rows = torch.cat([case["src_idx"], case["src_uniform"].flatten()])
+    w, state = case["src_emb"].clone(), torch.zeros(len(case["src_emb"]))
+    ops.row_adagrad_(w, state, rows, src_grad, lr=0.1)
+    touched = torch.zeros(len(w), dtype=torch.bool)
+    touched[rows] = True
+    assert torch.equal(w[~touched], case["src_emb"][~touched])
+    assert not torch.equal(w[touched], case["src_emb"][touched])
+
+
+def test_thread_count_does_not_change_results():
+    case = make_case(200, 10, 5, 5, 8, "affine", torch.float64, rels=1)
+    args = [case[k] for k in ("src_emb", "dst_emb", "src_idx", "dst_idx", "rel", "op_params",
+                              "src_uniform", "dst_uniform", "weight", "chunk_size")]
+    run = lambda: ops.chunk_step(*args, "batch_uniform", "batch_uniform", "l2", "affine", "ranking")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1]) and torch.equal(one[2], two[2])
+    torch.testing.assert_close(one[3], two[3], rtol=1e-12, atol=1e-12)
+
+
+def test_opcheck():
+    case = make_case(23, 5, 4, 3, 6, "diagonal", torch.float32)
+    args = [case[k] for k in ("src_emb", "dst_emb", "src_idx", "dst_idx", "rel", "op_params",
+                              "src_uniform", "dst_uniform", "weight", "chunk_size")]
+    torch.library.opcheck(
+        torch.ops.pbg_fast.chunk_step.default,
+        (*args, "batch_uniform", "uniform", "cos", "diagonal", "softmax", 0.1),
+    )
+
+
+def test_bad_input_names_the_argument():
+    case = make_case(23, 5, 4, 3, 6, "diagonal", torch.float32, rels=2)
+    base = dict(case)
+
+    def call(**over):
+        a = dict(base, **over)
+        modes = (a.pop("src_mode", "batch_uniform"), a.pop("dst_mode", "batch_uniform"))
+        return ops.chunk_step(
+            *[a[k] for k in ("src_emb", "dst_emb", "src_idx", "dst_idx", "rel", "op_params",
+                             "src_uniform", "dst_uniform", "weight", "chunk_size")],
+            *modes, a.get("comparator", "dot"), a.get("operator", "diagonal"), "softmax", 0.1)
+
+    with pytest.raises(ValueError, match="comparator: unknown 'foo'"):
+        call(comparator="foo")
+    with pytest.raises(ValueError, match="src_mode: unknown 'all'"):
+        call(src_mode="all")
+    with pytest.raises(IndexError, match="dst_idx out of range"):
+        call(dst_idx=case["dst_idx"] + 100)
+    with pytest.raises(TypeError, match="src_idx must be int64"):
+        call(src_idx=case["src_idx"].int())
+    with pytest.raises(ValueError, match=r"src_uniform must be \[num_chunks=5"):
+        call(src_uniform=case["src_uniform"][:2])
+    with pytest.raises(ValueError, match=r"op_params must be \[R, 36\]"):
+        call(operator="linear")
+    with pytest.raises(TypeError, match="dst_emb must have the dtype of src_emb"):
+        call(dst_emb=case["dst_emb"].double())
+    with pytest.raises(ValueError, match="a chunk mixes relations"):
+        call(rel=torch.arange(23) % 2)
+    with pytest.raises(ValueError, match="dst_uniform must be empty when dst_mode is 'skip'"):
+        call(dst_mode="skip")
