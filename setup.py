@@ -38,7 +38,7 @@ def extensions():
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPBG_FAST_CPU"]
     if _flag("PBG_FAST_NATIVE"):
         cxx.append("-march=native")
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     link = ["-fopenmp"]
     if _want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_binding.cpp"))

@@ -1,10 +1,7 @@
 // Every op schema of pbg_fast, in one place. Kernels register their implementations with
 // TORCH_LIBRARY_IMPL(pbg_fast, <backend>, m) at the bottom of their own files.
 // Shapes and semantics are documented in pbg_fast/ops.py.
-#include <Python.h>
 #include <torch/library.h>
-
-#include "cpu/blas.h"
 
 TORCH_LIBRARY(pbg_fast, m) {
   m.def(
@@ -32,50 +29,3 @@ TORCH_LIBRARY(pbg_fast, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-namespace {
-
-const char* cpu_isa() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("amx-bf16")) return "avx512+amx";
-  if (__builtin_cpu_supports("avx512f")) return "avx512";
-  if (__builtin_cpu_supports("avx2")) return "avx2";
-  return "sse2";
-#elif defined(__aarch64__)
-  return "neon";
-#else
-  return "generic";
-#endif
-}
-
-const char* compiled_isa() {
-#if defined(__AVX512F__)
-  return "avx512";
-#elif defined(__AVX2__)
-  return "avx2";
-#elif defined(__x86_64__)
-  return "x86-64";
-#else
-  return "generic";
-#endif
-}
-
-PyObject* native_build_info(PyObject*, PyObject*) {
-#ifdef _OPENMP
-  const bool openmp = true;
-#else
-  const bool openmp = false;
-#endif
-  return Py_BuildValue("{s:s,s:s,s:s,s:O}", "cpu_isa", cpu_isa(), "compiled_isa", compiled_isa(),
-                       "blas", pbg::cpu::blas_name(), "openmp", openmp ? Py_True : Py_False);
-}
-
-PyMethodDef methods[] = {
-    {"native_build_info", native_build_info, METH_NOARGS, "What the extension was built with."},
-    {nullptr, nullptr, 0, nullptr}};
-
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "pbg_fast native ops", -1, methods};
-
-}  // namespace
-
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }

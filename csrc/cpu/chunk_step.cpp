@@ -111,13 +111,13 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
       const T* s = S1 + i * Ns;
       for (int64_t j = 0; j < Ns; ++j) stats.src_violators += s[j] > pos[i];
       std::memcpy(G1 + i * Ns, s, Ns * sizeof(T));
-      loss += loss_row<L>(pos[i], G1 + i * Ns, Ns, w, cfg.margin, src_nw, &gpos[i]);
+      loss += loss_row<L, T, FastMath>(pos[i], G1 + i * Ns, Ns, w, cfg.margin, src_nw, &gpos[i]);
     }
     if (dst_on) {
       const T* s = S2 + i * Nd;
       for (int64_t j = 0; j < Nd; ++j) stats.dst_violators += s[j] > pos[i];
       std::memcpy(G2 + i * Nd, s, Nd * sizeof(T));
-      loss += loss_row<L>(pos[i], G2 + i * Nd, Nd, w, cfg.margin, dst_nw, &gpos[i]);
+      loss += loss_row<L, T, FastMath>(pos[i], G2 + i * Nd, Nd, w, cfg.margin, dst_nw, &gpos[i]);
     }
   }
   stats.loss = loss;

@@ -50,7 +50,7 @@ double run(Loss loss, const LossArgs& a, double margin, T* gpos, T* gneg) {
         T* g = gneg + i * a.M;
         for (int64_t j = 0; j < a.M; ++j) g[j] = neg[i * a.M + j];
         gpos[i] = 0;
-        row_loss[i] = loss_row<decltype(ltag)::value>(pos[i], g, a.M, w ? w[i] : T(1),
+        row_loss[i] = loss_row<decltype(ltag)::value, T, FastMath>(pos[i], g, a.M, w ? w[i] : T(1),
                                                       static_cast<T>(margin), nw, &gpos[i]);
       }
     });

@@ -44,11 +44,28 @@ cudaError_t for_each_index(int64_t n, const F& f, cudaStream_t stream) {
 #endif
 }
 
+#if defined(__CUDACC__)
+__device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ __forceinline__ void atomic_add(double* p, double v) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 600
+  atomicAdd(p, v);
+#else
+  // No native double atomicAdd before sm_60 (torch's default arch list may still name them).
+  unsigned long long* addr = reinterpret_cast<unsigned long long*>(p);
+  unsigned long long old = *addr, assumed;
+  do {
+    assumed = old;
+    old = atomicCAS(addr, assumed, __double_as_longlong(v + __longlong_as_double(assumed)));
+  } while (assumed != old);
+#endif
+}
+#endif
+
 // *p += v, atomically on the device (several threads accumulate into one parameter row).
 template <typename T>
 PBG_HD void add_to(T* p, T v) {
 #if defined(__CUDA_ARCH__)
-  atomicAdd(p, v);
+  atomic_add(p, v);
 #else
   *p += v;
 #endif
@@ -106,9 +123,9 @@ cudaError_t dispatch_loss(Loss l, F&& f) {
 }
 
 // Returns from the enclosing function on a launch error.
-#define PBG_CUDA_RETURN_IF_ERROR(expr)      \
-  do {                                      \
-    const cudaError_t pbg_err_ = (expr);    \
+#define PBG_CUDA_RETURN_IF_ERROR(expr)            \
+  do {                                            \
+    const cudaError_t pbg_err_ = (expr);          \
     if (pbg_err_ != cudaSuccess) return pbg_err_; \
   } while (0)
 

@@ -10,6 +10,16 @@
 #define PBG_HD inline __attribute__((always_inline))
 #endif
 
+// Vectorisation hints for the CPU loops (OpenMP simd; no threads). Empty under nvcc.
+#define PBG_PRAGMA(x) _Pragma(#x)
+#if defined(_OPENMP) && !defined(__CUDACC__)
+#define PBG_SIMD PBG_PRAGMA(omp simd)
+#define PBG_SIMD_REDUCE(...) PBG_PRAGMA(omp simd reduction(__VA_ARGS__))
+#else
+#define PBG_SIMD
+#define PBG_SIMD_REDUCE(...)
+#endif
+
 namespace pbg {
 
 // Names as PBG spells them; the integer values are the ABI between Python and the kernels.

@@ -1,0 +1,61 @@
+# pbg_fast: every entry point creates .venv if missing, installs what it needs, builds, runs.
+#   make demo    set up, then run the main job on built-in data
+#   make test    set up, then the whole test suite (CUDA compile check included)
+#   make setup   environment + build only
+#   make bench   the benchmarks (full size); QUICK=1 for the seconds-long versions
+#   make cmake-check  the same C++ built by CMake, and its C++ chunk-step benchmark
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_SPEC ?= torch==2.13.0
+export MAX_JOBS ?= 2
+# Local builds target this machine's CPU (AVX-512 here: ~1.4x the chunk step of the portable
+# x86-64 build). PBG_FAST_NATIVE=0 builds the portable extension, e.g. to copy it elsewhere.
+export PBG_FAST_NATIVE ?= 1
+
+EXT := pbg_fast/_C$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
+
+.PHONY: setup demo test bench check-cuda cmake-check clean
+
+$(VENV)/.deps: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# Keep an existing torch (a CUDA build, say); otherwise take the pinned CPU build.
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q numpy h5py pybind11 ninja pytest "setuptools>=64" wheel
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.deps
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $@
+
+# Incremental rebuild of the extension when a C++/CUDA source changes.
+$(EXT): $(VENV)/.installed $(CSRC)
+	$(PY) setup.py -q build_ext --inplace
+	@touch $@
+
+setup: $(EXT)
+
+demo: setup
+	@# Until the trainer lands (issue #3) the demo is the op benchmark with its ratios.
+	$(PY) benchmarks/bench_ops.py --quick
+
+test: setup check-cuda
+	PBG_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q tests
+
+check-cuda:
+	bash csrc/cuda/check.sh
+
+bench: setup
+	$(PY) benchmarks/bench_ops.py $(if $(QUICK),--quick,)
+
+cmake-check: setup
+	cmake -S . -B cmake-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+	cmake --build cmake-build
+	./cmake-build/bench_chunk_step_cpp
+
+clean:
+	rm -rf build cmake-build pbg_fast/_C*.so

@@ -1,0 +1,502 @@
+// Torch glue of the CUDA ops: the same schemas, argument checks, output layouts and semantics as
+// the CPU ops in csrc/cpu/*.cpp, with the math in the launchers of launchers.h (csrc/cuda/*.cu).
+// Here: parse the names, check the arguments (every message names the op and the argument, as
+// on the CPU), make inputs contiguous, allocate outputs and scratch with torch's caching
+// allocator, and launch on the current stream of the inputs' device. Compiled only when torch
+// has CUDA (setup.py picks up csrc/cuda/*_binding.cpp).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <string>
+#include <tuple>
+#include <utility>
+
+#include "../cpu/dispatch.h"
+#include "launchers.h"
+
+namespace pbg {
+namespace {
+
+void check_cuda(const at::Tensor& t, const char* op, const char* arg) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", arg, " must be a CUDA tensor, got ", t.device());
+}
+
+// t is a CUDA tensor on ref's device (the kernels dereference every pointer on that device).
+void check_device(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg,
+                  const char* ref_arg) {
+  check_cuda(t, op, arg);
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", arg, " must be on the device of ", ref_arg,
+              " (", ref.device(), "), got ", t.device());
+}
+
+void check_float_cuda(const at::Tensor& t, const char* op, const char* arg) {
+  check_cuda(t, op, arg);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", arg,
+                   " must be float32 or float64, got ", t.scalar_type());
+}
+
+void check_index_cuda(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg,
+                      const char* ref_arg) {
+  check_device(t, ref, op, arg, ref_arg);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", arg, " must be int64, got ",
+                   t.scalar_type());
+}
+
+// Values of t in [0, n); one device sync, as the CPU ops check bounds once up front so the
+// kernels can index blindly.
+void check_bounds(const at::Tensor& t, int64_t n, const char* op, const char* name) {
+  if (t.numel() == 0) return;
+  const auto min_max = at::aminmax(t);
+  const int64_t lo = std::get<0>(min_max).item<int64_t>();
+  const int64_t hi = std::get<1>(min_max).item<int64_t>();
+  TORCH_CHECK_INDEX(lo >= 0 && hi < n, op, ": ", name, " out of range [0, ", n, "): min ", lo,
+                    ", max ", hi);
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+// ---- chunked_neg_scores -------------------------------------------------------------------
+
+constexpr const char* kScoresOp = "chunked_neg_scores";
+constexpr const char* kScoresBackwardOp = "chunked_neg_scores_backward";
+
+struct ScoresShapes {
+  int64_t C, P, L, R, D;
+};
+
+ScoresShapes check_scores_inputs(const at::Tensor& lhs_pos, const at::Tensor& rhs_pos,
+                                 const at::Tensor& lhs_neg, const at::Tensor& rhs_neg,
+                                 const char* op) {
+  check_float_cuda(lhs_pos, op, "lhs_pos");
+  for (auto [t, name] : {std::pair{&rhs_pos, "rhs_pos"}, {&lhs_neg, "lhs_neg"},
+                         {&rhs_neg, "rhs_neg"}}) {
+    check_device(*t, lhs_pos, op, name, "lhs_pos");
+    check_same_dtype(*t, lhs_pos, op, name, "lhs_pos");
+    TORCH_CHECK_VALUE(t->dim() == 3, op, ": ", name, " must be 3-D [C, n, D], got ", t->sizes());
+  }
+  TORCH_CHECK_VALUE(lhs_pos.dim() == 3, op, ": lhs_pos must be 3-D [C, P, D], got ",
+                    lhs_pos.sizes());
+  const int64_t C = lhs_pos.size(0), P = lhs_pos.size(1), D = lhs_pos.size(2);
+  TORCH_CHECK_VALUE(rhs_pos.sizes() == lhs_pos.sizes(), op, ": rhs_pos must match lhs_pos ",
+                    lhs_pos.sizes(), ", got ", rhs_pos.sizes());
+  TORCH_CHECK_VALUE(lhs_neg.size(0) == C && lhs_neg.size(2) == D, op, ": lhs_neg must be [", C,
+                    ", L, ", D, "], got ", lhs_neg.sizes());
+  TORCH_CHECK_VALUE(rhs_neg.size(0) == C && rhs_neg.size(2) == D, op, ": rhs_neg must be [", C,
+                    ", R, ", D, "], got ", rhs_neg.sizes());
+  return {C, P, lhs_neg.size(1), rhs_neg.size(1), D};
+}
+
+template <typename T>
+cuda::ChunkedScoresInputs<T> scores_inputs(Comparator cmp, const at::Tensor& lp,
+                                           const at::Tensor& rp, const at::Tensor& ln,
+                                           const at::Tensor& rn, const ScoresShapes& s) {
+  return {cmp, lp.data_ptr<T>(), rp.data_ptr<T>(), ln.data_ptr<T>(), rn.data_ptr<T>(),
+          s.C, s.P, s.L, s.R, s.D};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> chunked_neg_scores_cuda(
+    const at::Tensor& lhs_pos, const at::Tensor& rhs_pos, const at::Tensor& lhs_neg,
+    const at::Tensor& rhs_neg, c10::string_view comparator) {
+  const Comparator cmp = parse_comparator(std::string(comparator), kScoresOp);
+  const ScoresShapes s = check_scores_inputs(lhs_pos, rhs_pos, lhs_neg, rhs_neg, kScoresOp);
+  const c10::cuda::CUDAGuard device_guard(lhs_pos.device());
+  auto lp = lhs_pos.contiguous(), rp = rhs_pos.contiguous();
+  auto ln = lhs_neg.contiguous(), rn = rhs_neg.contiguous();
+  auto pos = at::empty({s.C, s.P}, lp.options());
+  auto lneg = at::empty({s.C, s.P, s.L}, lp.options());
+  auto rneg = at::empty({s.C, s.P, s.R}, lp.options());
+  auto workspace = at::empty(
+      {cuda::chunked_neg_scores_workspace_size(s.C, s.P, s.L, s.R, s.D, false)}, lp.options());
+  AT_DISPATCH_FLOATING_TYPES(lp.scalar_type(), kScoresOp, [&] {
+    using T = scalar_t;
+    check_launch(cuda::chunked_neg_scores_forward<T>(
+                     scores_inputs<T>(cmp, lp, rp, ln, rn, s), workspace.data_ptr<T>(),
+                     pos.data_ptr<T>(), lneg.data_ptr<T>(), rneg.data_ptr<T>(), current_stream()),
+                 kScoresOp);
+  });
+  return {pos, lneg, rneg};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_neg_scores_backward_cuda(
+    const at::Tensor& grad_pos, const at::Tensor& grad_lhs_neg, const at::Tensor& grad_rhs_neg,
+    const at::Tensor& lhs_pos, const at::Tensor& rhs_pos, const at::Tensor& lhs_neg,
+    const at::Tensor& rhs_neg, c10::string_view comparator) {
+  constexpr const char* kOp = kScoresBackwardOp;
+  const Comparator cmp = parse_comparator(std::string(comparator), kOp);
+  const ScoresShapes s = check_scores_inputs(lhs_pos, rhs_pos, lhs_neg, rhs_neg, kOp);
+  check_device(grad_pos, lhs_pos, kOp, "grad_pos", "lhs_pos");
+  check_device(grad_lhs_neg, lhs_pos, kOp, "grad_lhs_neg", "lhs_pos");
+  check_device(grad_rhs_neg, lhs_pos, kOp, "grad_rhs_neg", "lhs_pos");
+  TORCH_CHECK_VALUE(grad_pos.sizes() == at::IntArrayRef({s.C, s.P}), kOp,
+                    ": grad_pos must be [", s.C, ", ", s.P, "], got ", grad_pos.sizes());
+  TORCH_CHECK_VALUE(grad_lhs_neg.sizes() == at::IntArrayRef({s.C, s.P, s.L}), kOp,
+                    ": grad_lhs_neg has the wrong shape ", grad_lhs_neg.sizes());
+  TORCH_CHECK_VALUE(grad_rhs_neg.sizes() == at::IntArrayRef({s.C, s.P, s.R}), kOp,
+                    ": grad_rhs_neg has the wrong shape ", grad_rhs_neg.sizes());
+  const c10::cuda::CUDAGuard device_guard(lhs_pos.device());
+  auto lp = lhs_pos.contiguous(), rp = rhs_pos.contiguous();
+  auto ln = lhs_neg.contiguous(), rn = rhs_neg.contiguous();
+  auto gp = grad_pos.to(lp.scalar_type()).contiguous();
+  auto gl = grad_lhs_neg.to(lp.scalar_type()).contiguous();
+  auto gr = grad_rhs_neg.to(lp.scalar_type()).contiguous();
+  // Every element of the four gradients is written by the kernels.
+  auto g_lp = at::empty_like(lp), g_rp = at::empty_like(rp);
+  auto g_ln = at::empty_like(ln), g_rn = at::empty_like(rn);
+  auto workspace = at::empty(
+      {cuda::chunked_neg_scores_workspace_size(s.C, s.P, s.L, s.R, s.D, true)}, lp.options());
+  AT_DISPATCH_FLOATING_TYPES(lp.scalar_type(), kOp, [&] {
+    using T = scalar_t;
+    check_launch(cuda::chunked_neg_scores_backward<T>(
+                     scores_inputs<T>(cmp, lp, rp, ln, rn, s), gp.data_ptr<T>(),
+                     gl.data_ptr<T>(), gr.data_ptr<T>(), workspace.data_ptr<T>(),
+                     g_lp.data_ptr<T>(), g_rp.data_ptr<T>(), g_ln.data_ptr<T>(),
+                     g_rn.data_ptr<T>(), current_stream()),
+                 kOp);
+  });
+  return {g_lp, g_rp, g_ln, g_rn};
+}
+
+// ---- losses -------------------------------------------------------------------------------
+
+struct LossArgs {
+  at::Tensor pos, neg, weight;
+  int64_t N, M;
+};
+
+LossArgs check_loss_inputs(const at::Tensor& pos, const at::Tensor& neg,
+                           const c10::optional<at::Tensor>& weight, const char* op) {
+  check_float_cuda(pos, op, "pos");
+  check_device(neg, pos, op, "neg", "pos");
+  check_same_dtype(neg, pos, op, "neg", "pos");
+  TORCH_CHECK_VALUE(pos.dim() == 1, op, ": pos must be 1-D [N], got ", pos.sizes());
+  const int64_t N = pos.size(0);
+  TORCH_CHECK_VALUE(neg.dim() == 2 && neg.size(0) == N, op, ": neg must be [", N, ", M], got ",
+                    neg.sizes());
+  LossArgs a{pos.contiguous(), neg.contiguous(), at::Tensor(), N, neg.size(1)};
+  if (weight.has_value() && weight->defined()) {
+    check_device(*weight, pos, op, "weight", "pos");
+    check_same_dtype(*weight, pos, op, "weight", "pos");
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == N, op, ": weight must be [", N,
+                      "], got ", weight->sizes());
+    a.weight = weight->contiguous();
+  }
+  return a;
+}
+
+// Fills grad_pos [N] and grad_neg [N, M] (for grad = 1); returns the per-row losses [N] (double).
+at::Tensor run_loss(Loss loss, const LossArgs& a, double margin, at::Tensor& grad_pos,
+                    at::Tensor& grad_neg, const char* op) {
+  auto row_loss = at::empty({a.N}, a.pos.options().dtype(at::kDouble));
+  // (The dispatch name must be a constant expression; the dtype was checked already.)
+  AT_DISPATCH_FLOATING_TYPES(a.pos.scalar_type(), "loss", [&] {
+    using T = scalar_t;
+    const T* w = a.weight.defined() ? a.weight.data_ptr<T>() : nullptr;
+    check_launch(cuda::loss_rows<T>(loss, a.pos.data_ptr<T>(), a.neg.data_ptr<T>(), w, a.N, a.M,
+                                    static_cast<T>(margin), grad_pos.data_ptr<T>(),
+                                    grad_neg.data_ptr<T>(), row_loss.data_ptr<double>(),
+                                    current_stream()),
+                 op);
+  });
+  return row_loss;
+}
+
+at::Tensor loss_forward_cuda(const at::Tensor& pos, const at::Tensor& neg,
+                             const c10::optional<at::Tensor>& weight, c10::string_view loss_name,
+                             double margin) {
+  constexpr const char* kOp = "loss_forward";
+  const Loss loss = parse_loss(std::string(loss_name), kOp);
+  auto a = check_loss_inputs(pos, neg, weight, kOp);
+  const c10::cuda::CUDAGuard device_guard(pos.device());
+  // The kernel computes the gradients anyway (one pass); here they are scratch.
+  auto grad_pos = at::empty_like(a.pos), grad_neg = at::empty_like(a.neg);
+  // Summed in double, then cast, as the CPU op: a 0-dim tensor of pos's dtype.
+  return run_loss(loss, a, margin, grad_pos, grad_neg, kOp).sum().to(a.pos.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> loss_backward_cuda(const at::Tensor& grad,
+                                                      const at::Tensor& pos,
+                                                      const at::Tensor& neg,
+                                                      const c10::optional<at::Tensor>& weight,
+                                                      c10::string_view loss_name,
+                                                      double margin) {
+  constexpr const char* kOp = "loss_backward";
+  const Loss loss = parse_loss(std::string(loss_name), kOp);
+  auto a = check_loss_inputs(pos, neg, weight, kOp);
+  TORCH_CHECK_VALUE(grad.numel() == 1, kOp, ": grad must be a scalar, got ", grad.sizes());
+  const c10::cuda::CUDAGuard device_guard(pos.device());
+  auto grad_pos = at::empty_like(a.pos), grad_neg = at::empty_like(a.neg);
+  run_loss(loss, a, margin, grad_pos, grad_neg, kOp);
+  auto g = grad.to(a.pos.scalar_type());
+  return {grad_pos * g, grad_neg * g};
+}
+
+// ---- relation operators -------------------------------------------------------------------
+
+void check_operator_inputs(const at::Tensor& x, const at::Tensor& params, const at::Tensor& rel,
+                           Operator op, const char* opname) {
+  check_float_cuda(x, opname, "x");
+  check_device(params, x, opname, "op_params", "x");
+  check_same_dtype(params, x, opname, "op_params", "x");
+  check_index_cuda(rel, x, opname, "rel", "x");
+  TORCH_CHECK_VALUE(x.dim() == 2, opname, ": x must be 2-D [N, D], got ", x.sizes());
+  const int64_t D = x.size(1);
+  TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, opname,
+                    ": complex_diagonal needs an even dim, got ", D);
+  const int64_t K = operator_num_params(op, D);
+  TORCH_CHECK_VALUE(params.dim() == 2 && params.size(1) == K, opname, ": op_params must be [R, ",
+                    K, "], got ", params.sizes());
+  TORCH_CHECK_VALUE(rel.dim() == 1 && rel.size(0) == x.size(0), opname, ": rel must be [",
+                    x.size(0), "], got ", rel.sizes());
+  check_bounds(rel, params.size(0), opname, "rel");
+}
+
+at::Tensor operator_forward_cuda(const at::Tensor& x, const at::Tensor& op_params,
+                                 const at::Tensor& rel, c10::string_view op_name) {
+  constexpr const char* kOp = "operator_forward";
+  const Operator op = parse_operator(std::string(op_name), kOp);
+  check_operator_inputs(x, op_params, rel, op, kOp);
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  auto xc = x.contiguous(), pc = op_params.contiguous(), rc = rel.contiguous();
+  auto y = at::empty_like(xc);
+  const int64_t N = xc.size(0), D = xc.size(1), K = pc.size(1);
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), kOp, [&] {
+    using T = scalar_t;
+    check_launch(cuda::operator_forward<T>(op, xc.data_ptr<T>(), pc.data_ptr<T>(), K,
+                                           rc.data_ptr<int64_t>(), N, D, y.data_ptr<T>(),
+                                           current_stream()),
+                 kOp);
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> operator_backward_cuda(const at::Tensor& grad_out,
+                                                          const at::Tensor& x,
+                                                          const at::Tensor& op_params,
+                                                          const at::Tensor& rel,
+                                                          c10::string_view op_name) {
+  constexpr const char* kOp = "operator_backward";
+  const Operator op = parse_operator(std::string(op_name), kOp);
+  check_operator_inputs(x, op_params, rel, op, kOp);
+  check_device(grad_out, x, kOp, "grad_out", "x");
+  TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), kOp, ": grad_out must match x ", x.sizes(),
+                    ", got ", grad_out.sizes());
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  auto xc = x.contiguous(), pc = op_params.contiguous(), rc = rel.contiguous();
+  auto gy = grad_out.to(xc.scalar_type()).contiguous();
+  const int64_t N = xc.size(0), D = xc.size(1), R = pc.size(0), K = pc.size(1);
+  auto gx = at::empty_like(xc);
+  auto gp = at::zeros({R, K}, xc.options());  // accumulated into by the kernels
+  const int64_t scratch_rows = cuda::operator_backward_scratch_rows(N, K);
+  auto scratch = at::empty({scratch_rows * K}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), kOp, [&] {
+    using T = scalar_t;
+    check_launch(cuda::operator_backward<T>(op, xc.data_ptr<T>(), pc.data_ptr<T>(), K,
+                                            rc.data_ptr<int64_t>(), N, D, gy.data_ptr<T>(),
+                                            gx.data_ptr<T>(), gp.data_ptr<T>(),
+                                            scratch.data_ptr<T>(), scratch_rows,
+                                            current_stream()),
+                 kOp);
+  });
+  return {gx, gp};
+}
+
+// ---- row-wise Adagrad ---------------------------------------------------------------------
+
+void row_adagrad_cuda(at::Tensor& weight, at::Tensor& state, const at::Tensor& indices,
+                      const at::Tensor& grad, double lr, double eps) {
+  constexpr const char* kOp = "row_adagrad_";
+  check_float_cuda(weight, kOp, "weight");
+  check_device(state, weight, kOp, "state", "weight");
+  check_device(grad, weight, kOp, "grad", "weight");
+  check_index_cuda(indices, weight, kOp, "indices", "weight");
+  check_same_dtype(state, weight, kOp, "state", "weight");
+  check_same_dtype(grad, weight, kOp, "grad", "weight");
+  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [N, D], got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.is_contiguous() && state.is_contiguous(), kOp,
+                    ": weight and state must be contiguous (they are updated in place)");
+  const int64_t N = weight.size(0), D = weight.size(1);
+  TORCH_CHECK_VALUE(state.dim() == 1 && state.size(0) == N, kOp, ": state must be [", N,
+                    "], got ", state.sizes());
+  TORCH_CHECK_VALUE(indices.dim() == 1, kOp, ": indices must be 1-D, got ", indices.sizes());
+  const int64_t K = indices.size(0);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == D, kOp,
+                    ": grad must be [", K, ", ", D, "], got ", grad.sizes());
+  if (K == 0) return;
+  const c10::cuda::CUDAGuard device_guard(weight.device());
+  auto idx = indices.contiguous();
+  auto g = grad.contiguous();
+  check_bounds(idx, N, kOp, "indices");
+  // Group equal indices: a stable sort keeps each row's gradients in their original order, so
+  // they are summed in the same order as on the CPU. segment_start [S + 1] bounds the groups.
+  auto sorted = idx.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor sorted_idx = std::get<0>(sorted), order = std::get<1>(sorted);
+  const at::Tensor counts = std::get<2>(
+      at::unique_consecutive(sorted_idx, /*return_inverse=*/false, /*return_counts=*/true));
+  const int64_t S = counts.size(0);
+  auto segment_start = at::zeros({S + 1}, idx.options());
+  segment_start.narrow(0, 1, S).copy_(counts.cumsum(0));
+  auto summed = at::empty({S, D}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), kOp, [&] {
+    using T = scalar_t;
+    check_launch(cuda::row_adagrad<T>(weight.data_ptr<T>(), state.data_ptr<T>(), D,
+                                      g.data_ptr<T>(), sorted_idx.data_ptr<int64_t>(),
+                                      order.data_ptr<int64_t>(),
+                                      segment_start.data_ptr<int64_t>(), S, summed.data_ptr<T>(),
+                                      static_cast<T>(lr), static_cast<T>(eps), current_stream()),
+                 kOp);
+  });
+}
+
+// ---- the fused chunk step -----------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_step_cuda(
+    const at::Tensor& src_emb, const at::Tensor& dst_emb, const at::Tensor& src_idx,
+    const at::Tensor& dst_idx, const at::Tensor& rel, const at::Tensor& op_params,
+    const at::Tensor& src_uniform, const at::Tensor& dst_uniform,
+    const c10::optional<at::Tensor>& weight, int64_t chunk_size, c10::string_view src_mode_name,
+    c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,
+    c10::string_view loss_name, double margin) {
+  constexpr const char* kOp = "chunk_step";
+  const Comparator cmp = parse_comparator(std::string(comparator), kOp);
+  const Operator op = parse_operator(std::string(op_name), kOp);
+  const Loss loss = parse_loss(std::string(loss_name), kOp);
+  const NegMode src_mode = parse_neg_mode(std::string(src_mode_name), kOp, "src_mode");
+  const NegMode dst_mode = parse_neg_mode(std::string(dst_mode_name), kOp, "dst_mode");
+
+  check_float_cuda(src_emb, kOp, "src_emb");
+  check_float_cuda(dst_emb, kOp, "dst_emb");
+  check_device(dst_emb, src_emb, kOp, "dst_emb", "src_emb");
+  check_same_dtype(dst_emb, src_emb, kOp, "dst_emb", "src_emb");
+  check_same_dtype(op_params, src_emb, kOp, "op_params", "src_emb");
+  check_device(op_params, src_emb, kOp, "op_params", "src_emb");
+  TORCH_CHECK_VALUE(src_emb.dim() == 2 && dst_emb.dim() == 2, kOp,
+                    ": src_emb and dst_emb must be 2-D [rows, dim], got ", src_emb.sizes(),
+                    " and ", dst_emb.sizes());
+  const int64_t D = src_emb.size(1);
+  TORCH_CHECK_VALUE(dst_emb.size(1) == D, kOp, ": dst_emb has dim ", dst_emb.size(1),
+                    ", src_emb has ", D);
+  TORCH_CHECK_VALUE(src_emb.stride(1) == 1 && dst_emb.stride(1) == 1, kOp,
+                    ": src_emb and dst_emb rows must be contiguous");
+  for (auto [t, name] : {std::pair{&src_idx, "src_idx"}, {&dst_idx, "dst_idx"}, {&rel, "rel"},
+                         {&src_uniform, "src_uniform"}, {&dst_uniform, "dst_uniform"}})
+    check_index_cuda(*t, src_emb, kOp, name, "src_emb");
+  TORCH_CHECK_VALUE(src_idx.dim() == 1 && dst_idx.dim() == 1 && rel.dim() == 1, kOp,
+                    ": src_idx, dst_idx and rel must be 1-D");
+  const int64_t B = src_idx.size(0);
+  TORCH_CHECK_VALUE(dst_idx.size(0) == B && rel.size(0) == B, kOp,
+                    ": src_idx, dst_idx and rel must have the same length, got ", B, ", ",
+                    dst_idx.size(0), ", ", rel.size(0));
+  TORCH_CHECK_VALUE(chunk_size > 0, kOp, ": chunk_size must be positive, got ", chunk_size);
+  const int64_t C = (B + chunk_size - 1) / chunk_size;
+  TORCH_CHECK_VALUE(src_uniform.dim() == 2 && src_uniform.size(0) == C, kOp,
+                    ": src_uniform must be [num_chunks=", C, ", U], got ", src_uniform.sizes());
+  TORCH_CHECK_VALUE(dst_uniform.dim() == 2 && dst_uniform.size(0) == C, kOp,
+                    ": dst_uniform must be [num_chunks=", C, ", U], got ", dst_uniform.sizes());
+  TORCH_CHECK_VALUE(src_mode != NegMode::Skip || src_uniform.size(1) == 0, kOp,
+                    ": src_uniform must be empty when src_mode is 'skip'");
+  TORCH_CHECK_VALUE(dst_mode != NegMode::Skip || dst_uniform.size(1) == 0, kOp,
+                    ": dst_uniform must be empty when dst_mode is 'skip'");
+  const int64_t K = operator_num_params(op, D);
+  TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, kOp,
+                    ": complex_diagonal needs an even dim, got ", D);
+  TORCH_CHECK_VALUE(op_params.dim() == 2 && op_params.size(1) == K, kOp,
+                    ": op_params must be [R, ", K, "] for operator '", std::string(op_name),
+                    "' at dim ", D, ", got ", op_params.sizes());
+  const int64_t R = op_params.size(0);
+  const c10::cuda::CUDAGuard device_guard(src_emb.device());
+  auto src_i = src_idx.contiguous(), dst_i = dst_idx.contiguous(), rel_i = rel.contiguous();
+  auto su = src_uniform.contiguous(), du = dst_uniform.contiguous();
+  auto params = op_params.contiguous();
+  // Index bounds, checked once here so the kernels can gather blindly.
+  check_bounds(src_i, src_emb.size(0), kOp, "src_idx");
+  check_bounds(dst_i, dst_emb.size(0), kOp, "dst_idx");
+  check_bounds(su, src_emb.size(0), kOp, "src_uniform");
+  check_bounds(du, dst_emb.size(0), kOp, "dst_uniform");
+  check_bounds(rel_i, R, kOp, "rel");
+  if (B > 0 && op != Operator::None && du.size(1) > 0) {
+    auto rel_pad =
+        at::constant_pad_nd(rel_i, {0, C * chunk_size - B}, -1).view({C, chunk_size});
+    auto first = rel_pad.select(1, 0).unsqueeze(1);
+    TORCH_CHECK_VALUE(((rel_pad == first) | (rel_pad == -1)).all().item<bool>(), kOp,
+                      ": dst uniform negatives need one relation per chunk, but a chunk mixes "
+                      "relations");
+  }
+  at::Tensor w;
+  if (weight.has_value() && weight->defined()) {
+    w = weight->contiguous();
+    check_device(w, src_emb, kOp, "weight", "src_emb");
+    check_same_dtype(w, src_emb, kOp, "weight", "src_emb");
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == B, kOp, ": weight must be [", B, "], got ",
+                      w.sizes());
+  }
+
+  const int64_t Us = su.size(1), Ud = du.size(1);
+  // Every row of src_grad / dst_grad is written by the kernels; op_param_grad is accumulated.
+  auto src_grad = at::empty({B + C * Us, D}, src_emb.options());
+  auto dst_grad = at::empty({B + C * Ud, D}, src_emb.options());
+  auto param_grad = at::zeros({R, K}, src_emb.options());
+  auto edge_loss = at::empty({B}, src_emb.options().dtype(at::kDouble));
+  auto edge_violators = at::empty({B, 2}, src_emb.options().dtype(at::kLong));
+
+  AT_DISPATCH_FLOATING_TYPES(src_emb.scalar_type(), kOp, [&] {
+    using T = scalar_t;
+    cuda::ChunkStepArgs<T> args{};
+    args.src_emb = src_emb.data_ptr<T>();
+    args.src_stride = src_emb.stride(0);
+    args.dst_emb = dst_emb.data_ptr<T>();
+    args.dst_stride = dst_emb.stride(0);
+    args.op_params = params.data_ptr<T>();
+    args.num_params = K;
+    args.dim = D;
+    args.src_idx = src_i.data_ptr<int64_t>();
+    args.dst_idx = dst_i.data_ptr<int64_t>();
+    args.rel = rel_i.data_ptr<int64_t>();
+    args.num_edges = B;
+    args.chunk_size = chunk_size;
+    args.src_uniform = su.data_ptr<int64_t>();
+    args.num_src_uniform = Us;
+    args.dst_uniform = du.data_ptr<int64_t>();
+    args.num_dst_uniform = Ud;
+    args.weight = w.defined() ? w.data_ptr<T>() : nullptr;
+    args.src_mode = src_mode;
+    args.dst_mode = dst_mode;
+    args.comparator = cmp;
+    args.op = op;
+    args.loss = loss;
+    args.margin = static_cast<T>(margin);
+    args.src_grad = src_grad.data_ptr<T>();
+    args.dst_grad = dst_grad.data_ptr<T>();
+    args.op_param_grad = param_grad.data_ptr<T>();
+    args.edge_loss = edge_loss.data_ptr<double>();
+    args.edge_violators = edge_violators.data_ptr<int64_t>();
+    // Freed when this scope ends; safe, since the caching allocator only hands the block to
+    // later work on the same stream.
+    auto workspace = at::empty({cuda::chunk_step_workspace_size(args)}, src_emb.options());
+    args.workspace = workspace.data_ptr<T>();
+    check_launch(cuda::chunk_step<T>(args, current_stream()), kOp);
+  });
+  // Summed in double then cast, as the CPU op sums its per-chunk double losses.
+  auto total_loss = edge_loss.sum().to(src_emb.scalar_type());
+  return {total_loss, src_grad, dst_grad, param_grad, edge_violators.sum(0)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pbg_fast, CUDA, m) {
+  m.impl("chunked_neg_scores", &chunked_neg_scores_cuda);
+  m.impl("chunked_neg_scores_backward", &chunked_neg_scores_backward_cuda);
+  m.impl("loss_forward", &loss_forward_cuda);
+  m.impl("loss_backward", &loss_backward_cuda);
+  m.impl("operator_forward", &operator_forward_cuda);
+  m.impl("operator_backward", &operator_backward_cuda);
+  m.impl("row_adagrad_", &row_adagrad_cuda);
+  m.impl("chunk_step", &chunk_step_cuda);
+}
+
+}  // namespace pbg
