@@ -30,6 +30,8 @@ $(VENV)/.deps: pyproject.toml
 $(VENV)/.installed: $(VENV)/.deps
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
+	@# pip just built the extension in place: mark it current so it is not built twice.
+	@test ! -f $(EXT) || touch $(EXT)
 
 # Incremental rebuild of the extension when a C++/CUDA source changes.
 $(EXT): $(VENV)/.installed $(CSRC)

@@ -42,6 +42,8 @@ def chunk_step_case(n, d, batch, chunk, uniform, comparator, operator, loss, see
         torch.randint(0, n, (c, uniform), generator=g),
         torch.randint(0, n, (c, uniform), generator=g),
         None,
+        None,
+        None,
         chunk,
         "batch_uniform",
         "batch_uniform",

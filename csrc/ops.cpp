@@ -24,8 +24,9 @@ TORCH_LIBRARY(pbg_fast, m) {
       "float eps) -> ()");
   m.def(
       "chunk_step(Tensor src_emb, Tensor dst_emb, Tensor src_idx, Tensor dst_idx, Tensor rel, "
-      "Tensor op_params, Tensor src_uniform, Tensor dst_uniform, Tensor? weight, int chunk_size, "
-      "str src_mode, str dst_mode, str comparator, str operator, str loss, float margin) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor op_params, Tensor src_uniform, Tensor dst_uniform, Tensor? weight, Tensor? src_global, "
+      "Tensor? dst_global, int chunk_size, str src_mode, str dst_mode, str comparator, "
+      "str operator, str loss, float margin) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -104,6 +104,8 @@ def chunk_step(
     src_uniform: Tensor,
     dst_uniform: Tensor,
     weight: Optional[Tensor],
+    src_global: Optional[Tensor],
+    dst_global: Optional[Tensor],
     chunk_size: int,
     src_mode: str,
     dst_mode: str,
@@ -123,17 +125,20 @@ def chunk_step(
     Negatives: src_uniform [C, Us], dst_uniform [C, Ud] int64 rows of each table; per side
     src_mode/dst_mode: 'batch_uniform' = the chunk's own positives (the same edge masked) + the
     uniform ones, 'uniform' = the uniform ones only, 'skip' = no scores and no loss for that side.
+    Global embeddings (PBG's global_emb): src_global / dst_global [D] or None, added to every row
+    of that side before the operator.
     Loss: sum over enabled sides of loss(pos, neg_scores, weight [B] or None); logistic's 1/M uses
     M = chunk_size + U for 'batch_uniform' (PBG counts padding), U for 'uniform'.
 
     Returns (loss [], src_grad [B + C*Us, D], dst_grad [B + C*Ud, D], op_param_grad [R, K],
+    src_global_grad [D] (or [0] without src_global), dst_global_grad [D] (or [0]),
     violators [2] int64): src_grad rows follow cat(src_idx, src_uniform.flatten()) (same for
     dst), so ``row_adagrad_(src_emb, state, cat(src_idx, src_uniform.flatten()), src_grad, ...)``
     applies them; violators counts negatives scoring above their positive, per side.
     """
     return torch.ops.pbg_fast.chunk_step(
         src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
-        chunk_size, src_mode, dst_mode, comparator, operator, loss, margin,
+        src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss, margin,
     )
 
 
@@ -226,7 +231,8 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "chunk_step")
     def _(src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
-          chunk_size, src_mode, dst_mode, comparator, operator, loss, margin):
+          src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss,
+          margin):
         b, d = src_idx.shape[0], src_emb.shape[1]
         c = src_uniform.shape[0]
         return (
@@ -234,6 +240,8 @@ def _register() -> None:
             src_emb.new_empty((b + c * src_uniform.shape[1], d)),
             src_emb.new_empty((b + c * dst_uniform.shape[1], d)),
             torch.empty_like(op_params),
+            src_emb.new_empty((d if src_global is not None else 0,)),
+            src_emb.new_empty((d if dst_global is not None else 0,)),
             src_idx.new_empty((2,)),
         )
 

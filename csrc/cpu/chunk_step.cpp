@@ -66,6 +66,10 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   gather_rows(tb.src_emb, tb.src_stride, in.src_uniform, Us, D, SN + P * D);
   gather_rows(tb.dst_emb, tb.dst_stride, in.dst_idx, P, D, DNraw);
   gather_rows(tb.dst_emb, tb.dst_stride, in.dst_uniform, Ud, D, DNraw + P * D);
+  if (tb.src_global)
+    for (int64_t r = 0; r < RS; ++r) axpy_row(T(1), tb.src_global, SN + r * D, D);
+  if (tb.dst_global)
+    for (int64_t r = 0; r < RD; ++r) axpy_row(T(1), tb.dst_global, DNraw + r * D, D);
   auto rel_of = [&](int64_t r) -> int64_t { return in.rel ? in.rel[r < P ? r : 0] : 0; };
   bool one_rel = true;
   if (in.rel)
@@ -137,6 +141,8 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   // 6. Back through "prepare" and the operator, into the outputs.
   prepare_rows_backward<C>(SN, aux_s, gSN, RS, D);
   prepare_rows_backward<C>(DN, aux_d, gDN, RD, D);
+  if (out.src_global)
+    for (int64_t r = 0; r < RS; ++r) axpy_row(T(1), gSN + r * D, out.src_global, D);
   std::memcpy(out.src_pos, gSN, P * D * sizeof(T));
   if (Us > 0) std::memcpy(out.src_uni, gSN + P * D, Us * D * sizeof(T));
   auto dst_out = [&](int64_t r) { return r < P ? out.dst_pos + r * D : out.dst_uni + (r - P) * D; };
@@ -159,6 +165,9 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
       operator_backward_row<O>(DNraw + r * D, tb.op_params + rr * K, gDN + r * D, dst_out(r),
                                out.op_params + rr * K, D);
     }
+  }
+  if (out.dst_global) {
+    for (int64_t r = 0; r < RD; ++r) axpy_row(T(1), dst_out(r), out.dst_global, D);
   }
   return stats;
 }
@@ -194,11 +203,13 @@ namespace {
 
 constexpr const char* kOp = "chunk_step";
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_step_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+chunk_step_cpu(
     const at::Tensor& src_emb, const at::Tensor& dst_emb, const at::Tensor& src_idx,
     const at::Tensor& dst_idx, const at::Tensor& rel, const at::Tensor& op_params,
     const at::Tensor& src_uniform, const at::Tensor& dst_uniform,
-    const c10::optional<at::Tensor>& weight, int64_t chunk_size, c10::string_view src_mode_name,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& src_global,
+    const c10::optional<at::Tensor>& dst_global, int64_t chunk_size, c10::string_view src_mode_name,
     c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,
     c10::string_view loss_name, double margin) {
   const Comparator cmp = parse_comparator(std::string(comparator), kOp);
@@ -277,6 +288,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_ste
                       w.sizes());
   }
 
+  auto global_arg = [&](const c10::optional<at::Tensor>& g, const char* name) {
+    if (!g.has_value() || !g->defined()) return at::Tensor();
+    check_cpu(*g, kOp, name);
+    check_same_dtype(*g, src_emb, kOp, name, "src_emb");
+    TORCH_CHECK_VALUE(g->dim() == 1 && g->size(0) == D, kOp, ": ", name, " must be [", D,
+                      "], got ", g->sizes());
+    return g->contiguous();
+  };
+  const at::Tensor sglob = global_arg(src_global, "src_global");
+  const at::Tensor dglob = global_arg(dst_global, "dst_global");
   const int64_t Us = su.size(1), Ud = du.size(1);
   auto src_grad = at::empty({B + C * Us, D}, src_emb.options());
   auto dst_grad = at::empty({B + C * Ud, D}, src_emb.options());
@@ -284,11 +305,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_ste
   auto violators = at::zeros({C, 2}, src_emb.options().dtype(at::kLong));
   const int64_t nthreads = at::get_num_threads();
   auto param_grad_t = at::zeros({nthreads, R, K}, src_emb.options());
+  // Per-thread global-embedding gradients: [threads, 2, D] (src, dst).
+  auto global_grad_t = at::zeros({nthreads, 2, D}, src_emb.options());
 
   AT_DISPATCH_FLOATING_TYPES(src_emb.scalar_type(), kOp, [&] {
     using T = scalar_t;
     cpu::ChunkTables<T> tables{src_emb.data_ptr<T>(), src_emb.stride(0), dst_emb.data_ptr<T>(),
-                               dst_emb.stride(0), params.data_ptr<T>(), K, D};
+                               dst_emb.stride(0), params.data_ptr<T>(), K, D,
+                               sglob.defined() ? sglob.data_ptr<T>() : nullptr,
+                               dglob.defined() ? dglob.data_ptr<T>() : nullptr};
     cpu::ChunkConfig<T> cfg{src_mode, dst_mode, chunk_size, static_cast<T>(margin)};
     const int64_t* sidx = src_i.data_ptr<int64_t>();
     const int64_t* didx = dst_i.data_ptr<int64_t>();
@@ -305,11 +330,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_ste
       cpu::blas_single_thread_in_this_thread();
       cpu::ChunkWorkspace<T> ws;
       T* my_pg = pg + at::get_thread_num() * R * K;
+      T* my_gg = global_grad_t.data_ptr<T>() + at::get_thread_num() * 2 * D;
       for (int64_t c = begin; c < end; ++c) {
         const int64_t b0 = c * chunk_size, P = std::min(chunk_size, B - b0);
         cpu::ChunkInput in{sidx + b0, didx + b0, relp + b0, P, sup + c * Us, Us, dup + c * Ud, Ud};
         cpu::ChunkGrads<T> out{sg + b0 * D, sg + (B + c * Us) * D, dg + b0 * D,
-                               dg + (B + c * Ud) * D, my_pg};
+                               dg + (B + c * Ud) * D, my_pg,
+                               sglob.defined() ? my_gg : nullptr,
+                               dglob.defined() ? my_gg + D : nullptr};
         auto st = cpu::chunk_step_one<T>(cmp, op, loss, tables, cfg, in, wp ? wp + b0 : nullptr,
                                          out, ws);
         lossp[c] = st.loss;
@@ -320,7 +348,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_ste
   });
   // Summed in chunk order so the result does not depend on the thread count.
   auto total_loss = chunk_loss.sum().to(src_emb.scalar_type());
-  return {total_loss, src_grad, dst_grad, param_grad_t.sum(0), violators.sum(0)};
+  auto global_grad = global_grad_t.sum(0);
+  return {total_loss,
+          src_grad,
+          dst_grad,
+          param_grad_t.sum(0),
+          sglob.defined() ? global_grad[0].clone() : at::zeros({0}, src_emb.options()),
+          dglob.defined() ? global_grad[1].clone() : at::zeros({0}, src_emb.options()),
+          violators.sum(0)};
 }
 
 }  // namespace

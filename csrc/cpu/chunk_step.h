@@ -20,6 +20,9 @@ struct ChunkTables {
   const T* op_params;  // [num_rels, num_params] contiguous (may be null when num_params == 0)
   int64_t num_params;
   int64_t dim;
+  // PBG's global_emb: a vector added to every row of a side before the operator (or null).
+  const T* src_global = nullptr;  // [dim]
+  const T* dst_global = nullptr;  // [dim]
 };
 
 template <typename T>
@@ -49,6 +52,8 @@ struct ChunkGrads {
   T* dst_pos;  // [P, dim]
   T* dst_uni;  // [Ud, dim]
   T* op_params;  // [num_rels, num_params], accumulated (+=)
+  T* src_global = nullptr;  // [dim], accumulated (+=) when tables.src_global is set
+  T* dst_global = nullptr;  // [dim], accumulated (+=) when tables.dst_global is set
 };
 
 struct ChunkStats {

@@ -355,11 +355,13 @@ void row_adagrad_cuda(at::Tensor& weight, at::Tensor& state, const at::Tensor& i
 
 // ---- the fused chunk step -----------------------------------------------------------------
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_step_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+chunk_step_cuda(
     const at::Tensor& src_emb, const at::Tensor& dst_emb, const at::Tensor& src_idx,
     const at::Tensor& dst_idx, const at::Tensor& rel, const at::Tensor& op_params,
     const at::Tensor& src_uniform, const at::Tensor& dst_uniform,
-    const c10::optional<at::Tensor>& weight, int64_t chunk_size, c10::string_view src_mode_name,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& src_global,
+    const c10::optional<at::Tensor>& dst_global, int64_t chunk_size, c10::string_view src_mode_name,
     c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,
     c10::string_view loss_name, double margin) {
   constexpr const char* kOp = "chunk_step";
@@ -368,6 +370,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_ste
   const Loss loss = parse_loss(std::string(loss_name), kOp);
   const NegMode src_mode = parse_neg_mode(std::string(src_mode_name), kOp, "src_mode");
   const NegMode dst_mode = parse_neg_mode(std::string(dst_mode_name), kOp, "dst_mode");
+  // TODO(cuda): global embeddings (PBG's global_emb) are CPU-only so far.
+  TORCH_CHECK_VALUE(!(src_global.has_value() && src_global->defined()) &&
+                        !(dst_global.has_value() && dst_global->defined()),
+                    kOp, ": src_global / dst_global are not supported on CUDA yet");
 
   check_float_cuda(src_emb, kOp, "src_emb");
   check_float_cuda(dst_emb, kOp, "dst_emb");
@@ -483,7 +489,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunk_ste
   });
   // Summed in double then cast, as the CPU op sums its per-chunk double losses.
   auto total_loss = edge_loss.sum().to(src_emb.scalar_type());
-  return {total_loss, src_grad, dst_grad, param_grad, edge_violators.sum(0)};
+  auto no_global = at::zeros({0}, src_emb.options());
+  return {total_loss, src_grad, dst_grad, param_grad, no_global, no_global.clone(),
+          edge_violators.sum(0)};
 }
 
 }  // namespace

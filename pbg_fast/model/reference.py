@@ -145,7 +145,8 @@ def _mask(scores: Tensor, num_pos: int, chunk_size: int, mode: str) -> Tensor:
 
 def chunk_step(
     src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
-    chunk_size, src_mode, dst_mode, comparator, operator, loss_name, margin=0.1,
+    src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss_name,
+    margin=0.1,
 ):
     """Same contract as pbg_fast.ops.chunk_step, via padding, masks and autograd."""
     b, d = src_idx.shape[0], src_emb.shape[1]
@@ -154,12 +155,16 @@ def chunk_step(
     src_rows = src_emb[torch.cat([src_idx, src_uniform.flatten()])].detach().requires_grad_()
     dst_rows = dst_emb[torch.cat([dst_idx, dst_uniform.flatten()])].detach().requires_grad_()
     params = op_params.detach().clone().requires_grad_()
+    globals_ = [None if g is None else g.detach().clone().requires_grad_()
+                for g in (src_global, dst_global)]
+    src_in = src_rows if globals_[0] is None else src_rows + globals_[0]
+    dst_in = dst_rows if globals_[1] is None else dst_rows + globals_[1]
     uni_rel = rel[::chunk_size].repeat_interleave(ud) if b > 0 else rel[:0]
 
-    src_pos = prepare(src_rows[:b], comparator)
-    src_uni = prepare(src_rows[b:], comparator).view(c, us, d)
-    dst_pos = prepare(operator_forward(dst_rows[:b], params, rel, operator), comparator)
-    dst_uni = prepare(operator_forward(dst_rows[b:], params, uni_rel, operator), comparator)
+    src_pos = prepare(src_in[:b], comparator)
+    src_uni = prepare(src_in[b:], comparator).view(c, us, d)
+    dst_pos = prepare(operator_forward(dst_in[:b], params, rel, operator), comparator)
+    dst_uni = prepare(operator_forward(dst_in[b:], params, uni_rel, operator), comparator)
     dst_uni = dst_uni.view(c, ud, d)
 
     pad = c * chunk_size - b
@@ -184,6 +189,10 @@ def chunk_step(
         # 1/M normalisation sees them, and it does here too (M = chunk_size + U).
         total = total + loss(pos, scores, weight, loss_name, margin)
         violators[side] = (scores > pos.unsqueeze(1)).sum()
-    grads = torch.autograd.grad(total, [src_rows, dst_rows, params], allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [src_rows, dst_rows, params])]
-    return total.detach(), grads[0], grads[1], grads[2], violators
+    leaves = [src_rows, dst_rows, params] + [g for g in globals_ if g is not None]
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+    it = iter(grads[3:])
+    g_src = next(it) if globals_[0] is not None else src_rows.new_zeros(0)
+    g_dst = next(it) if globals_[1] is not None else src_rows.new_zeros(0)
+    return total.detach(), grads[0], grads[1], grads[2], g_src, g_dst, violators

@@ -1,0 +1,394 @@
+"""The config schema: typed, validated, frozen, with PyTorch-BigGraph 1.0's key names and
+defaults, so a PBG config file loads unchanged.
+
+Sources: a PBG Python config (``def get_torchbiggraph_config(): return dict(...)``), or JSON /
+YAML (which execute no code). Overrides: ``-p key=value`` with dotted paths
+(``relations.0.operator=diagonal``, ``edge_paths=a,b``). Errors name the key's path:
+``relations[0].operator: unknown 'foo'; expected one of ...``.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import typing
+import uuid
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+from .ops import COMPARATORS, LOSSES, OPERATORS
+
+BUCKET_ORDERS = ("random", "affinity", "inside_out", "outside_in")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has a bad value, or asks for what pbg_fast cannot do yet."""
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntitySchema:
+    num_partitions: int = _help("Number of partitions for this entity type (1 = unpartitioned). "
+                                "All partitioned types must have the same number.")
+    featurized: bool = _help("Whether entities of this type are sets of features.", default=False)
+    dimension: Optional[int] = _help("Override the default dimension for this entity type.",
+                                     default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelationSchema:
+    name: str = _help("A human-readable identifier for the relation type.")
+    lhs: str = _help("The entity type of the left-hand side (a key of `entities`).")
+    rhs: str = _help("The entity type of the right-hand side (a key of `entities`).")
+    weight: float = _help("Multiplies the loss of this relation's edges.", default=1.0)
+    operator: str = _help(f"Transform applied to the right-hand side: one of {OPERATORS}.",
+                          default="none")
+    all_negs: bool = _help("Use every entity of the partition as a negative.", default=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigSchema:
+    # model
+    entities: Dict[str, EntitySchema] = _help("The entity types, by name.")
+    relations: List[RelationSchema] = _help("The relation types; edge files reference them by index.")
+    dimension: int = _help("The dimension of the embeddings.")
+    init_scale: float = _help("Std of the normal initialisation of embeddings.", default=1e-3)
+    max_norm: Optional[float] = _help("Rescale embeddings whose norm exceeds this.", default=None)
+    global_emb: bool = _help("Add a learned per-entity-type vector to every embedding.",
+                             default=True)
+    comparator: str = _help(f"How the two sides are scored: one of {COMPARATORS}.", default="cos")
+    bias: bool = _help("Use the first dimension as a bias added to the score.", default=False)
+    loss_fn: str = _help(f"The loss: one of {LOSSES}.", default="ranking")
+    margin: float = _help("Margin of the ranking loss.", default=0.1)
+    regularization_coef: float = _help("Coefficient of the N3 regularizer (0 = none).", default=0.0)
+    # data
+    entity_path: str = _help("Directory with the entity count and name files.")
+    edge_paths: List[str] = _help("Directories with partitioned edge lists.")
+    checkpoint_path: str = _help("Directory for checkpoints; training resumes from them.")
+    init_path: Optional[str] = _help("Directory with initial embeddings (warm start).", default=None)
+    checkpoint_preservation_interval: Optional[int] = _help(
+        "Every so many epochs, keep a snapshot of the checkpoint in epoch_<N>/.", default=None)
+    # training
+    num_epochs: int = _help("Passes over all the edges.", default=1)
+    num_edge_chunks: Optional[int] = _help(
+        "Parts each bucket is split into (default: enough to respect max_edges_per_chunk).",
+        default=None)
+    max_edges_per_chunk: int = _help("Upper bound on edges per chunk when num_edge_chunks is unset.",
+                                     default=1_000_000_000)
+    bucket_order: str = _help(f"Order of the buckets: one of {BUCKET_ORDERS}.", default="inside_out")
+    workers: Optional[int] = _help("HOGWILD worker threads (default: CPU count).", default=None)
+    batch_size: int = _help("Edges per batch.", default=1000)
+    num_batch_negs: int = _help("Negatives per positive taken from its chunk of the batch.",
+                                default=50)
+    num_uniform_negs: int = _help("Negatives per chunk sampled uniformly from the partition.",
+                                  default=50)
+    disable_lhs_negs: bool = _help("No negatives on the left-hand side.", default=False)
+    disable_rhs_negs: bool = _help("No negatives on the right-hand side.", default=False)
+    lr: float = _help("Learning rate (row-wise Adagrad) of the embeddings.", default=1e-2)
+    relation_lr: Optional[float] = _help("Learning rate of the relation parameters (default: lr).",
+                                         default=None)
+    eval_fraction: float = _help("Fraction of each bucket's edges held out for per-bucket eval.",
+                                 default=0.05)
+    eval_num_batch_negs: Optional[int] = _help("num_batch_negs during eval.", default=1000)
+    eval_num_uniform_negs: Optional[int] = _help("num_uniform_negs during eval.", default=1000)
+    # expert
+    background_io: bool = _help("Deprecated in PBG; no effect.", default=False)
+    verbose: int = _help("Logging verbosity.", default=0)
+    hogwild_delay: float = _help("Seconds by which PBG delays workers but the first in epoch 1 "
+                                 "(pbg_fast's threads need no delay; accepted and ignored).",
+                                 default=2)
+    dynamic_relations: bool = _help("One relation entry whose parameters serve many relation "
+                                    "types (count in dynamic_rel_count.txt).", default=False)
+    # distributed
+    num_machines: int = _help("Machines for distributed training.", default=1)
+    num_partition_servers: int = _help("-1: trainers serve partitions; 0: swap through disk.",
+                                       default=-1)
+    distributed_init_method: Optional[str] = _help("URI to rendezvous a distributed run.",
+                                                   default=None)
+    distributed_tree_init_order: bool = _help("Distributed bucket bootstrapping order.",
+                                              default=True)
+    num_gpus: int = _help("GPUs to train on.", default=0)
+    num_groups_for_partition_server: int = _help("torch.distributed groups for partition servers.",
+                                                 default=16)
+    half_precision: bool = _help("Half-precision training (GPU only).", default=False)
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def entity_dimension(self, entity: str) -> int:
+        return self.entities[entity].dimension or self.dimension
+
+    @property
+    def num_partitions(self) -> int:
+        """The partition count shared by all partitioned entity types (1 if none)."""
+        return max(e.num_partitions for e in self.entities.values())
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=4, sort_keys=True)
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value: Any, tp, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _convert(value, inner, path)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a dict, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{path}[{k!r}]") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise ConfigError(f"{path}: expected a bool, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{path}: expected an int, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected an int, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a float, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a float, got {value!r}") from None
+    if tp is str:
+        if hasattr(value, "value") and isinstance(value.value, str):  # PBG enums
+            value = value.value
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls, raw: Dict[str, Any], path: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key; expected one of {sorted(known)}")
+    kwargs = {}
+    for name, f in known.items():
+        key_path = f"{path}.{name}" if path else name
+        if name in raw:
+            kwargs[name] = _convert(raw[name], hints[name], key_path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key_path}: missing required key")
+    return cls(**kwargs)
+
+
+def _choice(value: str, choices, path: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}: unknown {value!r}; expected one of {', '.join(choices)}")
+
+
+def _positive(value, path: str, allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(f"{path}: must be {'non-negative' if allow_zero else 'positive'}, "
+                          f"got {value!r}")
+
+
+def validate(c: ConfigSchema) -> ConfigSchema:
+    """Value checks, and a clear refusal of what pbg_fast cannot honour yet."""
+    if not c.entities:
+        raise ConfigError("entities: must not be empty")
+    if not c.relations:
+        raise ConfigError("relations: must not be empty")
+    for name, e in c.entities.items():
+        _positive(e.num_partitions, f"entities[{name!r}].num_partitions")
+        if e.featurized:
+            raise ConfigError(f"entities[{name!r}].featurized: featurized entities are not "
+                              "supported by pbg_fast yet")
+        if e.dimension is not None and e.dimension != c.dimension:
+            raise ConfigError(f"entities[{name!r}].dimension: per-entity dimensions are not "
+                              "supported by pbg_fast yet")
+    parts = {e.num_partitions for e in c.entities.values() if e.num_partitions > 1}
+    if len(parts) > 1:
+        raise ConfigError(f"entities: all partitioned entity types must have the same "
+                          f"num_partitions, got {sorted(parts)}")
+    for i, r in enumerate(c.relations):
+        p = f"relations[{i}]"
+        _choice(r.operator, OPERATORS, f"{p}.operator")
+        for side in ("lhs", "rhs"):
+            if getattr(r, side) not in c.entities:
+                raise ConfigError(f"{p}.{side}: unknown entity type {getattr(r, side)!r}; "
+                                  f"expected one of {sorted(c.entities)}")
+        _positive(r.weight, f"{p}.weight")
+        if r.operator == "complex_diagonal" and c.dimension % 2:
+            raise ConfigError(f"{p}.operator: complex_diagonal needs an even dimension, "
+                              f"got {c.dimension}")
+        if r.all_negs:
+            raise ConfigError(f"{p}.all_negs: all_negs is not supported by pbg_fast yet")
+    if c.dynamic_relations and len(c.relations) != 1:
+        raise ConfigError("relations: with dynamic_relations there must be exactly one relation")
+    _choice(c.comparator, COMPARATORS, "comparator")
+    _choice(c.loss_fn, LOSSES, "loss_fn")
+    _choice(c.bucket_order, BUCKET_ORDERS, "bucket_order")
+    _positive(c.dimension, "dimension")
+    _positive(c.init_scale, "init_scale")
+    _positive(c.max_norm, "max_norm")
+    _positive(c.batch_size, "batch_size")
+    _positive(c.num_epochs, "num_epochs", allow_zero=True)
+    _positive(c.num_edge_chunks, "num_edge_chunks")
+    _positive(c.max_edges_per_chunk, "max_edges_per_chunk")
+    _positive(c.workers, "workers")
+    _positive(c.num_batch_negs, "num_batch_negs", allow_zero=True)
+    _positive(c.num_uniform_negs, "num_uniform_negs", allow_zero=True)
+    _positive(c.lr, "lr", allow_zero=True)
+    _positive(c.relation_lr, "relation_lr", allow_zero=True)
+    _positive(c.checkpoint_preservation_interval, "checkpoint_preservation_interval")
+    if not 0 <= c.eval_fraction < 1:
+        raise ConfigError(f"eval_fraction: must be in [0, 1), got {c.eval_fraction}")
+    if c.disable_lhs_negs and c.disable_rhs_negs:
+        raise ConfigError("disable_rhs_negs: cannot disable negatives on both sides")
+    if c.num_batch_negs > 0 and c.batch_size % c.num_batch_negs:
+        raise ConfigError(f"batch_size: must be a multiple of num_batch_negs "
+                          f"({c.num_batch_negs}), got {c.batch_size}")
+    if c.num_batch_negs == 0 and c.num_uniform_negs == 0:
+        raise ConfigError("num_uniform_negs: with num_batch_negs = 0 it must be positive "
+                          "(PBG uses it as the chunk size)")
+    if not c.edge_paths:
+        raise ConfigError("edge_paths: must not be empty")
+    # Keys pbg_fast accepts at PBG's defaults but cannot honour at other values yet.
+    not_yet = {
+        "bias": (c.bias, False, "the bias dimension"),
+        "regularization_coef": (c.regularization_coef, 0.0, "regularisation"),
+        "num_machines": (c.num_machines, 1, "distributed training"),
+        "distributed_init_method": (c.distributed_init_method, None, "distributed training"),
+        "num_gpus": (c.num_gpus, 0, "the GPU trainer"),
+        "half_precision": (c.half_precision, False, "half-precision training"),
+    }
+    for key, (value, default, what) in not_yet.items():
+        if value != default:
+            raise ConfigError(f"{key}: {what} is not supported by pbg_fast yet; "
+                              f"leave it at {default!r}")
+    return c
+
+
+def parse_config(raw: Dict[str, Any]) -> ConfigSchema:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of keys, got {type(raw).__name__}")
+    return validate(_build(ConfigSchema, raw, ""))
+
+
+# ---- loading and overrides ---------------------------------------------------------------------
+
+
+def load_raw_config(path: str) -> Dict[str, Any]:
+    """The raw dict of a PBG .py config (its get_torchbiggraph_config()), a .json or a .yaml."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".json":
+            with open(path) as f:
+                return json.load(f)
+        if ext in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from None
+            with open(path) as f:
+                return yaml.safe_load(f)
+        if ext == ".py":
+            name = f"pbg_fast_config_{uuid.uuid4().hex}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.modules.pop(name, None)
+            if not hasattr(module, "get_torchbiggraph_config"):
+                raise ConfigError(f"{path}: defines no get_torchbiggraph_config()")
+            return module.get_torchbiggraph_config()
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    raise ConfigError(f"{path}: unknown config format {ext!r}; expected .py, .json or .yaml")
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Optional[List[str]]) -> Dict[str, Any]:
+    """``key=value`` with dotted paths; list values comma-separated (as PBG's -p)."""
+    raw = json.loads(json.dumps(raw, default=lambda o: getattr(o, "value", str(o))))
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"-p {item}: expected key=value")
+        path = key.split(".")
+        target, tp = raw, ConfigSchema
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(target, list):
+                try:
+                    idx = int(part)
+                    target[idx]
+                except (ValueError, IndexError):
+                    raise ConfigError(f"-p {item}: {'.'.join(path[:i])} has no index {part}") from None
+                if last:
+                    target[idx] = value
+                else:
+                    target = target[idx]
+                continue
+            if dataclasses.is_dataclass(tp):
+                hints = typing.get_type_hints(tp)
+                if part not in hints:
+                    raise ConfigError(f"-p {item}: {'.'.join(path[:i + 1])}: unknown key")
+                tp = hints[part]
+            origin = typing.get_origin(tp)
+            if last:
+                if origin in (list, List) and isinstance(value, str):
+                    value = value.split(",")
+                target[part] = value
+            else:
+                target = target.setdefault(part, {})
+                args = typing.get_args(tp)
+                tp = args[0] if origin in (list, List) else (args[1] if origin in (dict, Dict) else tp)
+    return raw
+
+
+def load_config(path: str, overrides: Optional[List[str]] = None) -> ConfigSchema:
+    return parse_config(apply_overrides(load_raw_config(path), overrides))
+
+
+def schema_help() -> str:
+    """The schema with help text, for `pbg-fast config`."""
+    lines = []
+    for cls, prefix in ((ConfigSchema, ""), (EntitySchema, "entities[*]."),
+                        (RelationSchema, "relations[*].")):
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            default = "required" if f.default is dataclasses.MISSING else f"default {f.default!r}"
+            lines.append(f"{prefix}{f.name} ({_type_name(hints[f.name])}, {default}): "
+                         f"{f.metadata.get('help', '')}")
+    return "\n".join(lines)
