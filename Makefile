@@ -24,7 +24,7 @@ $(VENV)/.deps: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# Keep an existing torch (a CUDA build, say); otherwise take the pinned CPU build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q numpy h5py pybind11 ninja pytest "setuptools>=64" wheel
+	$(PIP) install -q numpy h5py pandas pybind11 ninja pytest "setuptools>=64" wheel
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps
@@ -41,8 +41,7 @@ $(EXT): $(VENV)/.installed $(CSRC)
 setup: $(EXT)
 
 demo: setup
-	@# Until the trainer lands (issue #3) the demo is the op benchmark with its ratios.
-	$(PY) benchmarks/bench_ops.py --quick
+	$(PY) -m pbg_fast demo $(if $(QUICK),--quick,)
 
 test: setup check-cuda
 	PBG_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q tests

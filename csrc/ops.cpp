@@ -28,5 +28,14 @@ TORCH_LIBRARY(pbg_fast, m) {
       "Tensor? dst_global, int chunk_size, str src_mode, str dst_mode, str comparator, "
       "str operator, str loss, float margin) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "train_bucket_(Tensor(a!) lhs_emb, Tensor(b!) lhs_state, Tensor(c!) rhs_emb, "
+      "Tensor(d!) rhs_state, Tensor(e!) rhs_op_params, Tensor(f!) rhs_op_state, "
+      "Tensor(g!) lhs_op_params, Tensor(h!) lhs_op_state, Tensor(i!) lhs_global, "
+      "Tensor(j!) lhs_global_state, Tensor(k!) rhs_global, Tensor(l!) rhs_global_state, "
+      "Tensor lhs, Tensor rhs, Tensor rel, Tensor? weight, int batch_size, int num_batch_negs, "
+      "int num_uniform_negs, bool disable_lhs_negs, bool disable_rhs_negs, bool dynamic, "
+      "str comparator, str operator, str loss, float margin, float relation_weight, float lr, "
+      "float relation_lr, int workers, int seed) -> Tensor");
 }
 

@@ -1,0 +1,417 @@
+// CPU `train_bucket_`: trains one bucket (the edges between one lhs and one rhs partition) in
+// place. `workers` std::threads take batches of a shuffled edge order from a shared counter and
+// update the shared embedding tables HOGWILD-style: no locks on rows. Per batch: chunks of
+// `chunk_size` edges, uniform negatives per chunk and side, the fused chunk step (both
+// directions with dynamic relations), then row-wise Adagrad on every touched row (gradients of
+// a row summed over the batch first, as PBG coalesces its sparse gradient), and element-wise
+// Adagrad on the relation parameters and global embeddings. Python never sees a batch.
+// With workers = 1 the result is a deterministic function of the seed.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "../kernels/adagrad.h"
+#include "blas.h"
+#include "chunk_step.h"
+#include "dispatch.h"
+
+namespace pbg {
+namespace cpu {
+namespace {
+
+constexpr const char* kOp = "train_bucket_";
+
+// splitmix64: seeds and the per-worker stream. Uniform ints by multiply-shift (Lemire).
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed) {}
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  int64_t below(int64_t n) {
+    return static_cast<int64_t>((static_cast<unsigned __int128>(next()) * uint64_t(n)) >> 64);
+  }
+};
+
+// Sums the gradient rows of one table over a batch (open addressing on the row id), then
+// applies one row-Adagrad step per distinct row.
+template <typename T>
+struct RowCoalescer {
+  int64_t dim = 0;
+  std::vector<int64_t> table;  // slot -> index into rows, -1 empty
+  std::vector<int64_t> rows;
+  std::vector<T> sums;
+  void reset(int64_t max_rows, int64_t d) {
+    dim = d;
+    int64_t cap = 16;
+    while (cap < 2 * max_rows) cap <<= 1;
+    table.assign(cap, -1);
+    rows.clear();
+    if (static_cast<int64_t>(sums.size()) < max_rows * d) sums.resize(max_rows * d);
+  }
+  void add(int64_t row, const T* g) {
+    const uint64_t mask = table.size() - 1;
+    uint64_t h = (static_cast<uint64_t>(row) * 0x9e3779b97f4a7c15ULL) >> 20;
+    while (true) {
+      int64_t& slot = table[h & mask];
+      if (slot < 0) {
+        slot = static_cast<int64_t>(rows.size());
+        rows.push_back(row);
+        std::memcpy(sums.data() + slot * dim, g, dim * sizeof(T));
+        return;
+      }
+      if (rows[slot] == row) {
+        T* s = sums.data() + slot * dim;
+        for (int64_t k = 0; k < dim; ++k) s[k] += g[k];
+        return;
+      }
+      ++h;
+    }
+  }
+  void apply(T* emb, T* state, T lr, T eps) const {
+    for (size_t i = 0; i < rows.size(); ++i)
+      row_adagrad_step(emb + rows[i] * dim, state + rows[i], sums.data() + i * dim, dim, lr, eps);
+  }
+};
+
+// Element-wise Adagrad (torch.optim.Adagrad, as PBG uses for relation parameters and global
+// embeddings): state += g^2; p -= lr * g / (sqrt(state) + eps).
+template <typename T>
+void dense_adagrad(T* p, T* state, const T* g, int64_t n, T lr, T eps) {
+  for (int64_t k = 0; k < n; ++k) {
+    state[k] += g[k] * g[k];
+    p[k] -= lr * g[k] / (std::sqrt(state[k]) + eps);
+  }
+}
+
+template <typename T>
+struct Shared {
+  // tables
+  T *lhs_emb, *lhs_state, *rhs_emb, *rhs_state;
+  int64_t n_lhs, n_rhs, dim;
+  bool same_table;  // lhs and rhs are the same tensor (same type and partition)
+  T *rhs_op, *rhs_op_state, *lhs_op, *lhs_op_state;
+  int64_t num_rels, num_params;
+  T *lhs_glob, *lhs_glob_state, *rhs_glob, *rhs_glob_state;  // null when global_emb is off
+  // edges
+  const int64_t *lhs, *rhs, *rel;
+  const T* weight;
+  const int64_t* perm;
+  int64_t num_edges;
+  // config
+  int64_t batch_size, chunk_size;
+  int64_t num_uniform_lhs, num_uniform_rhs;  // 0 on a disabled side (PBG's Negatives.NONE)
+  NegMode lhs_mode, rhs_mode;
+  bool dynamic;
+  Comparator cmp;
+  Operator op;
+  Loss loss;
+  T margin, lr, relation_lr, relation_weight;
+};
+
+struct WorkerStats {
+  double loss = 0;
+  int64_t lhs_viol = 0, rhs_viol = 0, count = 0;
+};
+
+template <typename T>
+void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t seed,
+                 WorkerStats& st) {
+  blas_single_thread_in_this_thread();
+  Rng rng(seed);
+  const int64_t D = sh.dim, Bmax = sh.batch_size, cs = sh.chunk_size;
+  const int64_t Cmax = (Bmax + cs - 1) / cs;
+  const int64_t U = std::max(sh.num_uniform_lhs, sh.num_uniform_rhs);
+  const int64_t R = sh.num_rels, K = sh.num_params;
+  std::vector<int64_t> lhs_idx(Bmax), rhs_idx(Bmax), rel_idx(Bmax);
+  std::vector<T> wts(Bmax);
+  std::vector<int64_t> lhs_uni(Cmax * U), rhs_uni(Cmax * U);
+  // Gradient rows of one direction: positives then uniform negatives, per side.
+  std::vector<T> g_src((Bmax + Cmax * U) * D), g_dst((Bmax + Cmax * U) * D);
+  std::vector<T> g_rhs_op(R * K), g_lhs_op(sh.dynamic ? R * K : 0);
+  std::vector<T> g_glob(2 * D);
+  std::vector<char> rel_touched(R, 0);
+  std::vector<int64_t> touched_rels;
+  RowCoalescer<T> co_lhs, co_rhs;
+  ChunkWorkspace<T> ws;
+  const int64_t num_batches = (sh.num_edges + Bmax - 1) / Bmax;
+  const T eps = T(1e-10);
+
+  while (true) {
+    const int64_t b = next_batch.fetch_add(1);
+    if (b >= num_batches) break;
+    const int64_t e0 = b * Bmax, n = std::min(Bmax, sh.num_edges - e0);
+    const int64_t C = (n + cs - 1) / cs;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t e = sh.perm[e0 + i];
+      lhs_idx[i] = sh.lhs[e];
+      rhs_idx[i] = sh.rhs[e];
+      rel_idx[i] = sh.rel ? sh.rel[e] : 0;
+      wts[i] = sh.relation_weight * (sh.weight ? sh.weight[e] : T(1));
+    }
+    const int64_t Ul = sh.num_uniform_lhs, Ur = sh.num_uniform_rhs;
+    for (int64_t k = 0; k < C * Ul; ++k) lhs_uni[k] = rng.below(sh.n_lhs);
+    for (int64_t k = 0; k < C * Ur; ++k) rhs_uni[k] = rng.below(sh.n_rhs);
+    // Relations touched by this batch: their gradient slots are zeroed, then stepped.
+    touched_rels.clear();
+    for (int64_t i = 0; i < n; ++i)
+      if (!rel_touched[rel_idx[i]]) {
+        rel_touched[rel_idx[i]] = 1;
+        touched_rels.push_back(rel_idx[i]);
+      }
+    for (int64_t r : touched_rels) {
+      std::fill(g_rhs_op.begin() + r * K, g_rhs_op.begin() + (r + 1) * K, T(0));
+      if (sh.dynamic) std::fill(g_lhs_op.begin() + r * K, g_lhs_op.begin() + (r + 1) * K, T(0));
+    }
+    std::fill(g_glob.begin(), g_glob.end(), T(0));
+    const int64_t max_rows = 2 * (n + C * U);
+    if (sh.same_table) {
+      co_lhs.reset(2 * max_rows, D);
+    } else {
+      co_lhs.reset(max_rows, D);
+      co_rhs.reset(max_rows, D);
+    }
+    RowCoalescer<T>& to_lhs = co_lhs;
+    RowCoalescer<T>& to_rhs = sh.same_table ? co_lhs : co_rhs;
+
+    // One direction over all chunks of the batch: src rows -> src table, dst rows -> dst table.
+    auto direction = [&](bool reversed) {
+      const T* src_emb = reversed ? sh.rhs_emb : sh.lhs_emb;
+      const T* dst_emb = reversed ? sh.lhs_emb : sh.rhs_emb;
+      const int64_t* sidx = reversed ? rhs_idx.data() : lhs_idx.data();
+      const int64_t* didx = reversed ? lhs_idx.data() : rhs_idx.data();
+      const int64_t* suni = reversed ? rhs_uni.data() : lhs_uni.data();
+      const int64_t* duni = reversed ? lhs_uni.data() : rhs_uni.data();
+      NegMode smode, dmode;
+      int64_t Us, Ud;
+      if (sh.dynamic) {  // each direction samples its src side only
+        smode = reversed ? sh.rhs_mode : sh.lhs_mode;
+        dmode = NegMode::Skip;
+        Us = reversed ? Ur : Ul;
+        Ud = 0;
+      } else {
+        smode = sh.lhs_mode;
+        dmode = sh.rhs_mode;
+        Us = Ul;
+        Ud = Ur;
+      }
+      T* op = reversed ? sh.lhs_op : sh.rhs_op;
+      T* gop = reversed ? g_lhs_op.data() : g_rhs_op.data();
+      const T* sglob = reversed ? sh.rhs_glob : sh.lhs_glob;
+      const T* dglob = reversed ? sh.lhs_glob : sh.rhs_glob;
+      T* g_sglob = sglob ? g_glob.data() + (reversed ? D : 0) : nullptr;
+      T* g_dglob = dglob ? g_glob.data() + (reversed ? 0 : D) : nullptr;
+      ChunkTables<T> tables{src_emb, D, dst_emb, D, op, K, D, sglob, dglob};
+      ChunkConfig<T> cfg{smode, dmode, cs, sh.margin};
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t b0 = c * cs, P = std::min(cs, n - b0);
+        ChunkInput in{sidx + b0, didx + b0, rel_idx.data() + b0, P, suni + c * Us, Us,
+                      duni + c * Ud, Ud};
+        ChunkGrads<T> out{g_src.data() + b0 * D, g_src.data() + (n + c * Us) * D,
+                          g_dst.data() + b0 * D, g_dst.data() + (n + c * Ud) * D, gop, g_sglob,
+                          g_dglob};
+        const ChunkStats cst =
+            chunk_step_one<T>(sh.cmp, sh.op, sh.loss, tables, cfg, in, wts.data() + b0, out, ws);
+        st.loss += cst.loss;
+        (reversed ? st.rhs_viol : st.lhs_viol) += cst.src_violators;
+        (reversed ? st.lhs_viol : st.rhs_viol) += cst.dst_violators;
+      }
+      RowCoalescer<T>& to_src = reversed ? to_rhs : to_lhs;
+      RowCoalescer<T>& to_dst = reversed ? to_lhs : to_rhs;
+      for (int64_t i = 0; i < n; ++i) to_src.add(sidx[i], g_src.data() + i * D);
+      for (int64_t k = 0; k < C * Us; ++k) to_src.add(suni[k], g_src.data() + (n + k) * D);
+      for (int64_t i = 0; i < n; ++i) to_dst.add(didx[i], g_dst.data() + i * D);
+      for (int64_t k = 0; k < C * Ud; ++k) to_dst.add(duni[k], g_dst.data() + (n + k) * D);
+    };
+    direction(false);
+    if (sh.dynamic) direction(true);
+
+    // Updates, HOGWILD: straight into the shared tables.
+    co_lhs.apply(sh.lhs_emb, sh.lhs_state, sh.lr, eps);
+    if (!sh.same_table) co_rhs.apply(sh.rhs_emb, sh.rhs_state, sh.lr, eps);
+    for (int64_t r : touched_rels) {
+      rel_touched[r] = 0;
+      if (K == 0) continue;
+      dense_adagrad(sh.rhs_op + r * K, sh.rhs_op_state + r * K, g_rhs_op.data() + r * K, K,
+                    sh.relation_lr, eps);
+      if (sh.dynamic)
+        dense_adagrad(sh.lhs_op + r * K, sh.lhs_op_state + r * K, g_lhs_op.data() + r * K, K,
+                      sh.relation_lr, eps);
+    }
+    if (sh.lhs_glob) {
+      if (sh.same_table || sh.lhs_glob == sh.rhs_glob) {
+        for (int64_t k = 0; k < D; ++k) g_glob[k] += g_glob[D + k];
+        dense_adagrad(sh.lhs_glob, sh.lhs_glob_state, g_glob.data(), D, sh.relation_lr, eps);
+      } else {
+        dense_adagrad(sh.lhs_glob, sh.lhs_glob_state, g_glob.data(), D, sh.relation_lr, eps);
+        dense_adagrad(sh.rhs_glob, sh.rhs_glob_state, g_glob.data() + D, D, sh.relation_lr, eps);
+      }
+    }
+    st.count += n;
+  }
+}
+
+void check_table(const at::Tensor& emb, const at::Tensor& state, const char* emb_name,
+                 const char* state_name) {
+  check_float_matrix(emb, kOp, emb_name);
+  TORCH_CHECK_VALUE(emb.dim() == 2 && emb.is_contiguous(), kOp, ": ", emb_name,
+                    " must be a contiguous [N, D] tensor, got ", emb.sizes());
+  check_cpu(state, kOp, state_name);
+  check_same_dtype(state, emb, kOp, state_name, emb_name);
+  TORCH_CHECK_VALUE(state.dim() == 1 && state.size(0) == emb.size(0) && state.is_contiguous(),
+                    kOp, ": ", state_name, " must be a contiguous [", emb.size(0), "], got ",
+                    state.sizes());
+}
+
+at::Tensor train_bucket_cpu(
+    at::Tensor& lhs_emb, at::Tensor& lhs_state, at::Tensor& rhs_emb, at::Tensor& rhs_state,
+    at::Tensor& rhs_op_params, at::Tensor& rhs_op_state, at::Tensor& lhs_op_params,
+    at::Tensor& lhs_op_state, at::Tensor& lhs_global, at::Tensor& lhs_global_state,
+    at::Tensor& rhs_global, at::Tensor& rhs_global_state, const at::Tensor& lhs,
+    const at::Tensor& rhs, const at::Tensor& rel, const c10::optional<at::Tensor>& weight,
+    int64_t batch_size, int64_t num_batch_negs, int64_t num_uniform_negs, bool disable_lhs_negs,
+    bool disable_rhs_negs, bool dynamic, c10::string_view comparator, c10::string_view op_name,
+    c10::string_view loss_name, double margin, double relation_weight, double lr,
+    double relation_lr, int64_t workers, int64_t seed) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Comparator cmp = parse_comparator(std::string(comparator), kOp);
+  const Operator op = parse_operator(std::string(op_name), kOp);
+  const Loss loss = parse_loss(std::string(loss_name), kOp);
+  check_table(lhs_emb, lhs_state, "lhs_emb", "lhs_state");
+  check_table(rhs_emb, rhs_state, "rhs_emb", "rhs_state");
+  check_same_dtype(rhs_emb, lhs_emb, kOp, "rhs_emb", "lhs_emb");
+  const int64_t D = lhs_emb.size(1);
+  TORCH_CHECK_VALUE(rhs_emb.size(1) == D, kOp, ": rhs_emb has dim ", rhs_emb.size(1),
+                    ", lhs_emb has ", D);
+  TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, kOp,
+                    ": complex_diagonal needs an even dim, got ", D);
+  const int64_t K = operator_num_params(op, D);
+  for (auto [p, s, pn, sn] : {std::tuple{&rhs_op_params, &rhs_op_state, "rhs_op_params", "rhs_op_state"},
+                             {&lhs_op_params, &lhs_op_state, "lhs_op_params", "lhs_op_state"}}) {
+    check_cpu(*p, kOp, pn);
+    check_same_dtype(*p, lhs_emb, kOp, pn, "lhs_emb");
+    check_same_dtype(*s, lhs_emb, kOp, sn, "lhs_emb");
+    TORCH_CHECK_VALUE(p->dim() == 2 && p->size(1) == K && p->is_contiguous(), kOp, ": ", pn,
+                      " must be a contiguous [R, ", K, "], got ", p->sizes());
+    TORCH_CHECK_VALUE(s->sizes() == p->sizes() && s->is_contiguous(), kOp, ": ", sn,
+                      " must match ", pn);
+  }
+  const int64_t R = rhs_op_params.size(0);
+  TORCH_CHECK_VALUE(!dynamic || lhs_op_params.size(0) == R, kOp,
+                    ": with dynamic relations lhs_op_params must have ", R, " rows");
+  const bool glob = lhs_global.numel() > 0;
+  for (auto [g, s, gn] : {std::tuple{&lhs_global, &lhs_global_state, "lhs_global"},
+                          {&rhs_global, &rhs_global_state, "rhs_global"}}) {
+    check_cpu(*g, kOp, gn);
+    check_same_dtype(*g, lhs_emb, kOp, gn, "lhs_emb");
+    TORCH_CHECK_VALUE((glob ? (g->dim() == 1 && g->size(0) == D) : g->numel() == 0) &&
+                          s->sizes() == g->sizes(),
+                      kOp, ": ", gn, " and its state must both be [", D, "] (or both empty)");
+  }
+  for (auto [t, name] : {std::pair{&lhs, "lhs"}, {&rhs, "rhs"}, {&rel, "rel"}}) check_index(*t, kOp, name);
+  const int64_t E = lhs.numel();
+  TORCH_CHECK_VALUE(lhs.dim() == 1 && rhs.dim() == 1 && rhs.numel() == E &&
+                        (rel.numel() == E || rel.numel() == 0),
+                    kOp, ": lhs, rhs (and rel, unless empty) must be 1-D of one length");
+  auto bounds = [&](const at::Tensor& t, int64_t n, const char* name) {
+    if (t.numel() == 0) return;
+    const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+    TORCH_CHECK_INDEX(lo >= 0 && hi < n, kOp, ": ", name, " out of range [0, ", n, "): min ", lo,
+                      ", max ", hi);
+  };
+  bounds(lhs, lhs_emb.size(0), "lhs");
+  bounds(rhs, rhs_emb.size(0), "rhs");
+  bounds(rel, R, "rel");
+  TORCH_CHECK_VALUE(batch_size > 0, kOp, ": batch_size must be positive");
+  TORCH_CHECK_VALUE(num_batch_negs >= 0 && num_uniform_negs >= 0, kOp,
+                    ": negative counts must be non-negative");
+  TORCH_CHECK_VALUE(num_batch_negs > 0 || num_uniform_negs > 0, kOp,
+                    ": num_batch_negs and num_uniform_negs cannot both be 0");
+  TORCH_CHECK_VALUE(!(disable_lhs_negs && disable_rhs_negs), kOp,
+                    ": cannot disable negatives on both sides");
+  TORCH_CHECK_VALUE(dynamic || R == 1 || rel.numel() > 0, kOp, ": rel needed with several relations");
+  TORCH_CHECK_VALUE(workers >= 1, kOp, ": workers must be >= 1, got ", workers);
+  at::Tensor w;
+  if (weight.has_value() && weight->defined()) {
+    w = weight->contiguous();
+    check_cpu(w, kOp, "weight");
+    check_same_dtype(w, lhs_emb, kOp, "weight", "lhs_emb");
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == E, kOp, ": weight must be [", E, "]");
+  }
+  // PBG: num_batch_negs = 0 means uniform negatives only, in chunks of num_uniform_negs.
+  const NegMode base = num_batch_negs > 0 ? NegMode::BatchUniform : NegMode::Uniform;
+  const int64_t chunk = num_batch_negs > 0 ? num_batch_negs : num_uniform_negs;
+  // A disabled side is PBG's Negatives.NONE: a loss term with no negatives ('uniform', U = 0).
+  auto lhs_i = lhs.contiguous(), rhs_i = rhs.contiguous(), rel_i = rel.contiguous();
+  auto out = at::zeros({5}, lhs_emb.options().dtype(at::kDouble));
+  if (E == 0) return out;
+
+  // The shuffled edge order (Fisher-Yates with the op's seed).
+  std::vector<int64_t> perm(E);
+  for (int64_t i = 0; i < E; ++i) perm[i] = i;
+  Rng shuffle_rng(static_cast<uint64_t>(seed) * 0x2545F4914F6CDD1DULL + 1);
+  for (int64_t i = E - 1; i > 0; --i) std::swap(perm[i], perm[shuffle_rng.below(i + 1)]);
+
+  const int64_t nworkers = std::min<int64_t>(workers, (E + batch_size - 1) / batch_size);
+  std::vector<WorkerStats> stats(nworkers);
+  AT_DISPATCH_FLOATING_TYPES(lhs_emb.scalar_type(), kOp, [&] {
+    using T = scalar_t;
+    auto ptr = [](at::Tensor& t) { return t.numel() ? t.data_ptr<T>() : nullptr; };
+    Shared<T> sh{ptr(lhs_emb), ptr(lhs_state), ptr(rhs_emb), ptr(rhs_state), lhs_emb.size(0),
+                 rhs_emb.size(0), D, lhs_emb.data_ptr() == rhs_emb.data_ptr(),
+                 ptr(rhs_op_params), ptr(rhs_op_state), ptr(lhs_op_params), ptr(lhs_op_state), R,
+                 K, glob ? ptr(lhs_global) : nullptr, glob ? ptr(lhs_global_state) : nullptr,
+                 glob ? ptr(rhs_global) : nullptr, glob ? ptr(rhs_global_state) : nullptr,
+                 lhs_i.data_ptr<int64_t>(), rhs_i.data_ptr<int64_t>(),
+                 rel_i.numel() ? rel_i.data_ptr<int64_t>() : nullptr,
+                 w.defined() ? w.data_ptr<T>() : nullptr, perm.data(), E, batch_size, chunk,
+                 disable_lhs_negs ? 0 : num_uniform_negs, disable_rhs_negs ? 0 : num_uniform_negs,
+                 disable_lhs_negs ? NegMode::Uniform : base,
+                 disable_rhs_negs ? NegMode::Uniform : base, dynamic, cmp, op, loss,
+                 static_cast<T>(margin), static_cast<T>(lr), static_cast<T>(relation_lr),
+                 static_cast<T>(relation_weight)};
+    std::atomic<int64_t> next_batch{0};
+    std::vector<std::thread> threads;
+    auto run = [&](int64_t w_id) {
+      worker_loop<T>(sh, next_batch, static_cast<uint64_t>(seed) * 1000003ULL + w_id, stats[w_id]);
+    };
+    for (int64_t t = 1; t < nworkers; ++t) threads.emplace_back(run, t);
+    run(0);
+    for (auto& th : threads) th.join();
+  });
+  double total_loss = 0;
+  int64_t lv = 0, rv = 0, count = 0;
+  for (const auto& s : stats) {
+    total_loss += s.loss;
+    lv += s.lhs_viol;
+    rv += s.rhs_viol;
+    count += s.count;
+  }
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto acc = out.accessor<double, 1>();
+  acc[0] = total_loss;
+  acc[1] = static_cast<double>(lv);
+  acc[2] = static_cast<double>(rv);
+  acc[3] = static_cast<double>(count);
+  acc[4] = secs;
+  return out;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(pbg_fast, CPU, m) { m.impl("train_bucket_", &cpu::train_bucket_cpu); }
+
+}  // namespace pbg

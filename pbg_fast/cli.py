@@ -1,0 +1,141 @@
+"""pbg-fast: import-from-tsv | train | eval | export-to-tsv | config | demo."""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from . import build_info
+from .config import ConfigError, load_config, schema_help
+from .io.files import DataError
+
+
+def _config_args(p):
+    p.add_argument("config", help="PBG config (.py with get_torchbiggraph_config, .json, .yaml)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted path; lists comma-separated)")
+
+
+def _progress_printer(total_hint=None):
+    def show(rec):
+        if rec["kind"] == "bucket":
+            print(f"  bucket {tuple(rec['bucket'])}: {rec['count']:,} edges, loss "
+                  f"{rec['loss'] / max(rec['count'], 1):.4f}/edge, {rec['edges_per_s']:,.0f} edges/s",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"epoch {rec['epoch']} chunk {rec['edge_chunk']}: {rec['count']:,} edges, "
+                  f"loss {rec['loss'] / max(rec['count'], 1):.4f}/edge, "
+                  f"{rec['edges_per_s']:,.0f} edges/s training, {rec['seconds']:.2f} s wall, "
+                  f"{rec['swaps']} swaps", file=sys.stderr, flush=True)
+    return show
+
+
+def cmd_import(a):
+    from .io.importer import import_from_tsv
+    config = load_config(a.config, a.param)
+    stats = import_from_tsv(
+        config, a.edge_paths, lhs_col=a.lhs_col, rhs_col=a.rhs_col, rel_col=a.rel_col,
+        weight_col=a.weight_col, delimiter=a.delimiter,
+        relation_type_min_count=a.relation_type_min_count, entity_min_count=a.entity_min_count,
+        skip_bad_lines=a.skip_bad_lines)
+    print(json.dumps(dict(what="import", **stats.__dict__,
+                          edges_per_s=stats.lines / max(stats.seconds, 1e-9))))
+
+
+def cmd_train(a):
+    from .train.trainer import train
+    config = load_config(a.config, a.param)
+    recs = train(config, seed=a.seed, progress=None if a.quiet else _progress_printer())
+    for r in recs:
+        print(json.dumps(r))
+
+
+def cmd_eval(a):
+    from .eval.link_prediction import evaluate
+    config = load_config(a.config, a.param)
+    t0 = time.perf_counter()
+    res = evaluate(config, filtered=a.filtered, filter_paths=a.filter_edge_paths or ())
+    for rel, m in res.items():
+        print(json.dumps(dict(relation=rel, filtered=a.filtered, **m)))
+    print(f"eval took {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+def cmd_export(a):
+    from .export import export
+    config = load_config(a.config, a.param)
+    print(export(config, a.output, a.format))
+
+
+def cmd_config(a):
+    if a.config:
+        print(load_config(a.config, a.param).to_json())
+    else:
+        print(schema_help())
+
+
+def cmd_demo(a):
+    from .demo import run_demo
+    run_demo(quick=a.quick, workdir=a.workdir)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="pbg-fast", description=__doc__)
+    parser.add_argument("--version", action="version", version=json.dumps(build_info()))
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("import-from-tsv", help="import TSV edge lists (torchbiggraph_import_from_tsv)")
+    _config_args(p)
+    p.add_argument("edge_paths", nargs="+", help="input TSV files, one per config edge path")
+    p.add_argument("-l", "--lhs-col", type=int, required=True)
+    p.add_argument("-r", "--rhs-col", type=int, required=True)
+    p.add_argument("--rel-col", type=int, default=None)
+    p.add_argument("--weight-col", type=int, default=None)
+    p.add_argument("--delimiter", default="\t")
+    p.add_argument("--relation-type-min-count", type=int, default=1)
+    p.add_argument("--entity-min-count", type=int, default=1)
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip and count malformed lines instead of failing")
+    p.set_defaults(fn=cmd_import)
+
+    p = sub.add_parser("train", help="train (resumes from the checkpoint if there is one)")
+    _config_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="link-prediction metrics on the config's edge paths")
+    _config_args(p)
+    p.add_argument("--filtered", action="store_true",
+                   help="rank against every entity, known true edges removed")
+    p.add_argument("--filter-edge-paths", nargs="*", help="more edge paths of known true edges")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export-to-tsv", help="export embeddings (tsv, npy or h5)")
+    _config_args(p)
+    p.add_argument("output")
+    p.add_argument("--format", default="tsv", choices=["tsv", "npy", "h5"])
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("config", help="print the schema with help, or a config resolved")
+    p.add_argument("config", nargs="?")
+    p.add_argument("-p", "--param", action="append", default=[])
+    p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("demo", help="build graphs, import, train, evaluate, print MRR and edges/s")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--workdir", default=None)
+    p.set_defaults(fn=cmd_demo)
+
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        a.fn(a)
+    except (ConfigError, DataError) as e:
+        print(f"pbg-fast: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

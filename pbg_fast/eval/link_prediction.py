@@ -1,0 +1,172 @@
+"""Link-prediction evaluation: ranks of true edges against candidates, per relation and overall
+(MRR, MR, Hits@1/10/50, AUC).
+
+sampled (PBG's RankingEvaluator): each edge against eval_num_batch_negs in-chunk + 
+    eval_num_uniform_negs uniform negatives per side; rank = 1 + #(negatives scoring >= it).
+filtered (the FB15k-237 / WN18RR protocol): each edge against every entity of the type on
+    each side, other known true edges (from all given splits) removed; rank = 1 + #(others
+    scoring > it) (ties counted optimistically, as the papers do).
+"""
+
+import math
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import ConfigSchema
+from ..io.checkpoint import CheckpointManager
+from ..io.files import DataError, load_edges
+from ..model.scoring import LoadedModel
+from ..train.trainer import Model
+
+
+def load_model(config: ConfigSchema, version: Optional[int] = None) -> LoadedModel:
+    ckpt = CheckpointManager(config.checkpoint_path)
+    v = ckpt.load_version() if version is None else version
+    if v == 0:
+        raise DataError(f"{config.checkpoint_path}: no checkpoint to evaluate (train first)")
+    from ..io.files import load_dynamic_rel_count
+    nd = load_dynamic_rel_count(config.entity_path) if config.dynamic_relations else 0
+    model = Model(config, nd)
+    params, states, _ = ckpt.load_model(v)
+    model.load_checkpoint(params, states)
+    embs = {}
+    for e, ec in config.entities.items():
+        embs[e] = [ckpt.load_partition(e, p, v)[0] for p in range(ec.num_partitions)]
+    globals_ = {e: g for e, (g, _) in model.global_embs.items()}
+    return LoadedModel(config, embs, model.relations, globals_)
+
+
+def _nparts(config, side):
+    return max(config.entities[getattr(r, side)].num_partitions for r in config.relations)
+
+
+def load_all_edges(config: ConfigSchema, model: LoadedModel, edge_paths: Sequence[str]):
+    """Edges of all buckets with global entity ids: dict of int64 tensors lhs, rhs, rel."""
+    out = defaultdict(list)
+    for path in edge_paths:
+        for lp in range(_nparts(config, "lhs")):
+            for rp in range(_nparts(config, "rhs")):
+                e = load_edges(path, lp, rp)
+                if len(e["lhs"]) == 0:
+                    continue
+                rel = torch.from_numpy(e["rel"])
+                lhs, rhs = torch.from_numpy(e["lhs"]), torch.from_numpy(e["rhs"])
+                glhs, grhs = torch.empty_like(lhs), torch.empty_like(rhs)
+                for r in torch.unique(rel).tolist():
+                    rc = config.relations[0 if config.dynamic_relations else r]
+                    m = rel == r
+                    glhs[m] = model.global_id(rc.lhs, torch.full_like(lhs[m], lp if config.entities[rc.lhs].num_partitions > 1 else 0), lhs[m])
+                    grhs[m] = model.global_id(rc.rhs, torch.full_like(rhs[m], rp if config.entities[rc.rhs].num_partitions > 1 else 0), rhs[m])
+                out["lhs"].append(glhs)
+                out["rhs"].append(grhs)
+                out["rel"].append(rel)
+    if not out:
+        z = torch.zeros(0, dtype=torch.long)
+        return dict(lhs=z, rhs=z, rel=z)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _metrics(ranks: torch.Tensor, auc_sum: float, auc_n: int) -> Dict[str, float]:
+    if len(ranks) == 0:
+        return dict(count=0)
+    r = ranks.double()
+    return dict(count=len(r), mrr=float((1 / r).mean()), mr=float(r.mean()),
+                hits1=float((r <= 1).double().mean()), hits10=float((r <= 10).double().mean()),
+                hits50=float((r <= 50).double().mean()),
+                auc=auc_sum / auc_n if auc_n else float("nan"))
+
+
+def _sides(config, rel_idx):
+    """(tail-prediction query side, candidate side) operators per PBG's model."""
+    if config.dynamic_relations:
+        # forward: op on rhs, lhs negatives; reverse: op on lhs, rhs negatives
+        return dict(tail=("lhs", "none"), head=("none", "rhs"))
+    return dict(tail=("none", "rhs"), head=("none", "rhs"))
+
+
+@torch.no_grad()
+def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, filtered: bool = False,
+             filter_paths: Sequence[str] = (), batch: int = 1000, seed: int = 0,
+             model: Optional[LoadedModel] = None) -> Dict[str, Dict[str, float]]:
+    model = model or load_model(config)
+    edges = load_all_edges(config, model, edge_paths or config.edge_paths)
+    known = None
+    if filtered:
+        paths = list(dict.fromkeys(list(edge_paths or config.edge_paths) + list(filter_paths)))
+        allk = load_all_edges(config, model, paths)
+        known = defaultdict(set)
+        for h, r, t in zip(allk["lhs"].tolist(), allk["rel"].tolist(), allk["rhs"].tolist()):
+            known[("t", h, r)].add(t)
+            known[("h", t, r)].add(h)
+    g = torch.Generator().manual_seed(seed)
+    per_rel = defaultdict(list)
+    auc = defaultdict(lambda: [0.0, 0])
+    for r in torch.unique(edges["rel"]).tolist() if len(edges["rel"]) else []:
+        m = edges["rel"] == r
+        lhs, rhs = edges["lhs"][m], edges["rhs"][m]
+        rc = config.relations[0 if config.dynamic_relations else r]
+        nl, nr = len(model.embeddings[rc.lhs]), len(model.embeddings[rc.rhs])
+        rel_ids = torch.full_like(lhs, r)
+        # Both directions: predict the rhs given lhs ("tail"), and the lhs given rhs ("head").
+        dyn = config.dynamic_relations
+        for start in range(0, len(lhs), batch):
+            h, t, rr = lhs[start:start + batch], rhs[start:start + batch], rel_ids[start:start + batch]
+            for direction in ("tail", "head"):
+                if direction == "tail":
+                    q = model.side_vectors(r, rr, rc.lhs, h, "lhs" if dyn else "none")
+                    true = model.side_vectors(r, rr, rc.rhs, t, "none" if dyn else "rhs")
+                    cand_entity, n_cand, cand_op, true_ids, q_ids = rc.rhs, nr, ("none" if dyn else "rhs"), t, h
+                else:
+                    q = model.side_vectors(r, rr, rc.rhs, t, "rhs")
+                    true = model.side_vectors(r, rr, rc.lhs, h, "none")
+                    cand_entity, n_cand, cand_op, true_ids, q_ids = rc.lhs, nl, "none", h, t
+                pos = model.matched(q, true)
+                if filtered:
+                    if dyn or cand_op == "none":
+                        cand = model.side_vectors(r, torch.full((n_cand,), r), cand_entity,
+                                                  torch.arange(n_cand), cand_op)
+                    else:
+                        cand = model.side_vectors(r, torch.full((n_cand,), r), cand_entity,
+                                                  torch.arange(n_cand), cand_op)
+                    scores = model.pairwise(q, cand)
+                    key = "t" if direction == "tail" else "h"
+                    for i in range(len(q)):
+                        others = known[(key, int(q_ids[i]), r)] - {int(true_ids[i])}
+                        if others:
+                            scores[i, list(others)] = -math.inf
+                        scores[i, true_ids[i]] = -math.inf
+                    greater = (scores > pos.unsqueeze(1)).sum(1)
+                    ranks = greater + 1
+                    valid = torch.isfinite(scores)
+                    auc[r][0] += float(((pos.unsqueeze(1) > scores) & valid).sum())
+                    auc[r][1] += int(valid.sum())
+                else:
+                    nb = config.eval_num_batch_negs or 0
+                    nu = config.eval_num_uniform_negs or 0
+                    uni = torch.randint(0, n_cand, (nu,), generator=g)
+                    cand_ids = torch.cat([true_ids[:nb] if nb else true_ids[:0], uni])
+                    cand = model.side_vectors(r, rr[:1].expand(len(cand_ids)), cand_entity, cand_ids, cand_op)
+                    scores = model.pairwise(q, cand)
+                    if nb:
+                        k = min(nb, len(q))
+                        scores[torch.arange(k), torch.arange(k)] = -math.inf  # the edge itself
+                    ranks = (scores >= pos.unsqueeze(1)).sum(1) + 1
+                    valid = torch.isfinite(scores)
+                    auc[r][0] += float(((pos.unsqueeze(1) > scores) & valid).sum())
+                    auc[r][1] += int(valid.sum())
+                per_rel[r].append(ranks)
+    results = {}
+    all_ranks, tot_auc, tot_n = [], 0.0, 0
+    for r, ranks in sorted(per_rel.items()):
+        rk = torch.cat(ranks)
+        name = config.relations[0 if config.dynamic_relations else r].name
+        key = name if not config.dynamic_relations else f"{name}[{r}]"
+        results[key] = _metrics(rk, *auc[r])
+        all_ranks.append(rk)
+        tot_auc += auc[r][0]
+        tot_n += auc[r][1]
+    results["overall"] = _metrics(torch.cat(all_ranks) if all_ranks else torch.zeros(0), tot_auc, tot_n)
+    return results

@@ -1,0 +1,335 @@
+"""The single-machine trainer: epochs x edge paths x edge chunks x buckets, one native
+`train_bucket_` call per (bucket, relation), holding in memory only the partitions the current
+bucket needs. Checkpoints after every (epoch, edge path, edge chunk) iteration, as PBG does.
+
+Seams for what comes next: `PartitionStore` (load / evict / save; a partition server or a GPU
+cache can stand behind the same calls), `bucket_order` (a lock server hands out buckets in the
+distributed trainer), and the bucket op (a CUDA backend takes the same arguments).
+"""
+
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import build_info
+from ..config import ConfigSchema
+from ..io.checkpoint import CheckpointManager, operator_params_from_pbg, operator_params_to_pbg
+from ..io.files import DataError, load_dynamic_rel_count, load_edges, load_entity_count
+from ..ops import operator_init_params, operator_num_params
+from .schedule import bucket_order
+
+logger = logging.getLogger("pbg_fast")
+
+
+def init_embeddings(count: int, dim: int, scale: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(count, dim, generator=g) * scale).contiguous()
+
+
+@dataclass
+class RelationParams:
+    """One relation's operator parameters and Adagrad state, packed [R, K] (R = 1, or the
+    number of dynamic relations). `lhs` exists only with dynamic relations."""
+
+    rhs: torch.Tensor
+    rhs_state: torch.Tensor
+    lhs: torch.Tensor
+    lhs_state: torch.Tensor
+
+
+class Model:
+    """Everything trainable except the entity partitions: relation operators and global
+    embeddings, with their Adagrad states; converts to/from PBG's model checkpoint."""
+
+    def __init__(self, config: ConfigSchema, num_dynamic_rels: int):
+        self.config = config
+        d = config.dimension
+        self.dynamic = config.dynamic_relations
+        nrel = num_dynamic_rels if self.dynamic else 1
+        self.relations: List[RelationParams] = []
+        for r in config.relations:
+            k = operator_num_params(r.operator, d)
+            rhs = operator_init_params(r.operator, d, nrel)
+            lhs = operator_init_params(r.operator, d, nrel) if self.dynamic else torch.zeros(0, k)
+            self.relations.append(RelationParams(rhs, torch.zeros_like(rhs), lhs, torch.zeros_like(lhs)))
+        self.global_embs: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        if config.global_emb:
+            for e in config.entities:
+                self.global_embs[e] = (torch.zeros(d), torch.zeros(d))
+
+    def to_checkpoint(self):
+        d, params, states = self.config.dimension, {}, {}
+        for i, (rc, rp) in enumerate(zip(self.config.relations, self.relations)):
+            sides = [("rhs", rp.rhs, rp.rhs_state)]
+            if self.dynamic:
+                sides.append(("lhs", rp.lhs, rp.lhs_state))
+            for side, p, s in sides:
+                for name, t in operator_params_to_pbg(p, rc.operator, d, self.dynamic).items():
+                    params[f"relations/{i}/operator/{side}/{name}"] = (f"{side}_operators.{i}.{name}", t)
+                states[f"relations/{i}/{side}"] = s
+        for e, (v, s) in self.global_embs.items():
+            params[f"entities/{e}/global_embedding"] = (f"global_embs.emb_{e}", v)
+            states[f"entities/{e}"] = s
+        return params, states
+
+    def load_checkpoint(self, params: Dict[str, torch.Tensor], states: Dict[str, torch.Tensor]):
+        d = self.config.dimension
+        for i, (rc, rp) in enumerate(zip(self.config.relations, self.relations)):
+            sides = [("rhs", "rhs")] + ([("lhs", "lhs")] if self.dynamic else [])
+            for side, attr in sides:
+                prefix = f"relations/{i}/operator/{side}/"
+                found = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+                cur = getattr(rp, attr)
+                if cur.shape[1] == 0:
+                    continue
+                new = operator_params_from_pbg(found, rc.operator, d, self.dynamic, cur.shape[0])
+                cur.copy_(new)
+                st = states.get(f"relations/{i}/{side}")
+                if st is not None:
+                    getattr(rp, attr + "_state").copy_(st)
+        for e, (v, s) in self.global_embs.items():
+            key = f"entities/{e}/global_embedding"
+            if key in params:
+                v.copy_(params[key])
+            if f"entities/{e}" in states:
+                s.copy_(states[f"entities/{e}"])
+
+
+class PartitionStore:
+    """The entity partitions in memory. `ensure(needed)` loads what a bucket needs and evicts
+    the other partitioned ones, writing them to the pending checkpoint version."""
+
+    def __init__(self, config: ConfigSchema, ckpt: CheckpointManager, version: int, seed: int):
+        self.config, self.ckpt, self.version, self.seed = config, ckpt, version, seed
+        self.loaded: Dict[Tuple[str, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.written: set = set()  # (entity, part) saved as version + 1 in this iteration
+        self.swaps = 0
+        self.swap_seconds = 0.0
+
+    def count(self, entity: str, part: int) -> int:
+        return load_entity_count(self.config.entity_path, entity, part)
+
+    def _load(self, entity: str, part: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        c, d = self.config, self.config.dimension
+        if (entity, part) in self.written:
+            emb, state = self.ckpt.load_partition(entity, part, self.version + 1)
+        elif self.version > 0 and self.ckpt.has_partition(entity, part, self.version):
+            emb, state = self.ckpt.load_partition(entity, part, self.version)
+        elif c.init_path and CheckpointManager(c.init_path).has_partition(
+                entity, part, CheckpointManager(c.init_path).load_version()):
+            init = CheckpointManager(c.init_path)
+            emb, state = init.load_partition(entity, part, init.load_version())
+            state = None  # a warm start begins its optimizer afresh
+        else:
+            count = self.count(entity, part)
+            emb = init_embeddings(count, d, c.init_scale,
+                                  zlib.crc32(f"{self.seed}:{entity}:{part}".encode()))
+            state = None
+        n = self.count(entity, part)
+        if emb.shape != (n, d):
+            raise DataError(f"embeddings of {entity!r} partition {part}: shape {tuple(emb.shape)} "
+                            f"does not match entity count {n} x dimension {d}")
+        if state is None or state.shape != (n,):
+            state = torch.zeros(n)
+        return emb.contiguous(), state.contiguous()
+
+    def get(self, entity: str, part: int):
+        key = (entity, part)
+        if key not in self.loaded:
+            t0 = time.perf_counter()
+            self.loaded[key] = self._load(entity, part)
+            self.swap_seconds += time.perf_counter() - t0
+        return self.loaded[key]
+
+    def save(self, entity: str, part: int, metadata) -> None:
+        emb, state = self.loaded[(entity, part)]
+        self.ckpt.save_partition(entity, part, self.version + 1, emb, state, metadata)
+        self.written.add((entity, part))
+
+    def ensure(self, needed: set, metadata) -> None:
+        t0 = time.perf_counter()
+        for key in [k for k in self.loaded if k not in needed and self.is_partitioned(k[0])]:
+            self.save(*key, metadata)
+            del self.loaded[key]
+            self.swaps += 1
+        self.swap_seconds += time.perf_counter() - t0
+        for key in needed:
+            self.get(*key)
+
+    def is_partitioned(self, entity: str) -> bool:
+        return self.config.entities[entity].num_partitions > 1
+
+
+class Trainer:
+    def __init__(self, config: ConfigSchema, seed: int = 0,
+                 progress: Optional[Callable[[dict], None]] = None):
+        self.config = config
+        self.seed = seed
+        self.progress = progress
+        self.ckpt = CheckpointManager(config.checkpoint_path)
+        self.num_dynamic_rels = (load_dynamic_rel_count(config.entity_path)
+                                 if config.dynamic_relations else 0)
+        self.workers = config.workers or os.cpu_count() or 1
+
+    def num_edge_chunks(self) -> int:
+        c = self.config
+        if c.num_edge_chunks is not None:
+            return c.num_edge_chunks
+        most = 0
+        for path in c.edge_paths:
+            for f in Path(path).glob("edges_*_*.h5"):
+                import h5py
+                with h5py.File(f, "r") as hf:
+                    most = max(most, hf["rel"].shape[0])
+        return max(1, math.ceil(most / c.max_edges_per_chunk))
+
+    def _nparts(self, side: str) -> int:
+        c = self.config
+        parts = [c.entities[getattr(r, side)].num_partitions for r in c.relations]
+        return max(parts)
+
+    def train(self) -> List[dict]:
+        c = self.config
+        ckpt = self.ckpt
+        ckpt.path.mkdir(parents=True, exist_ok=True)
+        version = ckpt.load_version()
+        model = Model(c, self.num_dynamic_rels)
+        if version > 0:
+            params, states, _ = ckpt.load_model(version)
+            model.load_checkpoint(params, states)
+        elif c.init_path and CheckpointManager(c.init_path).load_version() > 0:
+            init = CheckpointManager(c.init_path)
+            params, _, _ = init.load_model(init.load_version())
+            model.load_checkpoint(params, {})
+        ckpt.write_config(json.dumps(c.to_dict(), indent=4))
+        n_chunks = self.num_edge_chunks()
+        n_paths = len(c.edge_paths)
+        total_iters = c.num_epochs * n_paths * n_chunks
+        nl, nr = self._nparts("lhs"), self._nparts("rhs")
+        epoch_records = []
+        relation_lr = c.relation_lr if c.relation_lr is not None else c.lr
+
+        for it in range(version, total_iters):
+            epoch, rest = divmod(it, n_paths * n_chunks)
+            path_idx, chunk_idx = divmod(rest, n_chunks)
+            edge_path = c.edge_paths[path_idx]
+            store = PartitionStore(c, ckpt, it, self.seed)
+            meta = {
+                "config/json": json.dumps(c.to_dict()),
+                "iteration/num_epochs": c.num_epochs, "iteration/epoch_idx": epoch,
+                "iteration/num_edge_paths": n_paths, "iteration/edge_path_idx": path_idx,
+                "iteration/edge_path": edge_path, "iteration/num_edge_chunks": n_chunks,
+                "iteration/edge_chunk_idx": chunk_idx,
+            }
+            t_iter = time.perf_counter()
+            it_loss, it_count, it_train_s = 0.0, 0, 0.0
+            for b_idx, (lp, rp) in enumerate(bucket_order(c.bucket_order, nl, nr, self.seed * 7919 + it)):
+                needed = set()
+                for r in c.relations:
+                    needed.add((r.lhs, lp if c.entities[r.lhs].num_partitions > 1 else 0))
+                    needed.add((r.rhs, rp if c.entities[r.rhs].num_partitions > 1 else 0))
+                store.ensure(needed, meta)
+                edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
+                stats = self._train_bucket(store, model, edges, lp, rp, relation_lr,
+                                           seed=self.seed * 1_000_003 + it * 1009 + b_idx)
+                it_loss += stats["loss"]
+                it_count += stats["count"]
+                it_train_s += stats["seconds"]
+                rec = dict(kind="bucket", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
+                           bucket=[lp, rp], **stats,
+                           edges_per_s=stats["count"] / max(stats["seconds"], 1e-9))
+                ckpt.append_stats([rec])
+                if self.progress:
+                    self.progress(rec)
+            # Commit version it + 1: every loaded partition, the untouched ones carried over.
+            for (e, p) in list(store.loaded):
+                store.save(e, p, meta)
+            for e, ec in c.entities.items():
+                for p in range(ec.num_partitions):
+                    if (e, p) not in store.written:
+                        if it > 0 and ckpt.has_partition(e, p, it):
+                            ckpt.link_partition(e, p, it, it + 1)
+                        else:
+                            store.get(e, p)
+                            store.save(e, p, meta)
+                            del store.loaded[(e, p)]
+            params, states = model.to_checkpoint()
+            ckpt.save_model(it + 1, params, states, meta)
+            ckpt.commit(it + 1)
+            last_of_epoch = path_idx == n_paths - 1 and chunk_idx == n_chunks - 1
+            if (c.checkpoint_preservation_interval and last_of_epoch
+                    and (epoch + 1) % c.checkpoint_preservation_interval == 0):
+                ckpt.snapshot(it + 1, epoch)
+            rec = dict(kind="iteration", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
+                       loss=it_loss, count=it_count, train_seconds=it_train_s,
+                       seconds=time.perf_counter() - t_iter, swaps=store.swaps,
+                       swap_seconds=store.swap_seconds,
+                       edges_per_s=it_count / max(it_train_s, 1e-9))
+            ckpt.append_stats([rec])
+            epoch_records.append(rec)
+            if self.progress:
+                self.progress(rec)
+        return epoch_records
+
+    def _train_bucket(self, store: PartitionStore, model: Model, edges, lp: int, rp: int,
+                      relation_lr: float, seed: int) -> dict:
+        c = self.config
+        out = dict(loss=0.0, violators_lhs=0, violators_rhs=0, count=0, seconds=0.0)
+        if len(edges["lhs"]) == 0:
+            return out
+        lhs_all = torch.from_numpy(edges["lhs"])
+        rhs_all = torch.from_numpy(edges["rhs"])
+        rel_all = torch.from_numpy(edges["rel"])
+        w_all = torch.from_numpy(edges["weight"]) if edges["weight"] is not None else None
+        if c.dynamic_relations:
+            groups = [(0, slice(None))]
+        else:
+            order = torch.argsort(rel_all, stable=True)
+            lhs_all, rhs_all, rel_all = lhs_all[order], rhs_all[order], rel_all[order]
+            w_all = w_all[order] if w_all is not None else None
+            ids, counts = torch.unique_consecutive(rel_all, return_counts=True)
+            starts = torch.cumsum(counts, 0) - counts
+            groups = [(int(i), slice(int(s), int(s + n))) for i, s, n in zip(ids, starts, counts)]
+        for rel_id, sl in groups:
+            if not 0 <= rel_id < len(c.relations):
+                raise DataError(f"edges_{lp}_{rp}.h5: relation id {rel_id} not in the config's "
+                                f"{len(c.relations)} relations")
+            r = c.relations[rel_id]
+            lhs_part = lp if c.entities[r.lhs].num_partitions > 1 else 0
+            rhs_part = rp if c.entities[r.rhs].num_partitions > 1 else 0
+            lhs_emb, lhs_state = store.get(r.lhs, lhs_part)
+            rhs_emb, rhs_state = store.get(r.rhs, rhs_part)
+            rp_ = model.relations[rel_id]
+            empty = torch.zeros(0)
+            lg, lgs = model.global_embs.get(r.lhs, (empty, empty))
+            rg, rgs = model.global_embs.get(r.rhs, (empty, empty))
+            rel_arg = rel_all[sl] if c.dynamic_relations else torch.zeros(0, dtype=torch.long)
+            stats = torch.ops.pbg_fast.train_bucket_(
+                lhs_emb, lhs_state, rhs_emb, rhs_state, rp_.rhs, rp_.rhs_state, rp_.lhs,
+                rp_.lhs_state, lg, lgs, rg, rgs, lhs_all[sl].contiguous(),
+                rhs_all[sl].contiguous(), rel_arg.contiguous(),
+                w_all[sl].contiguous() if w_all is not None else None,
+                c.batch_size, c.num_batch_negs, c.num_uniform_negs, c.disable_lhs_negs,
+                c.disable_rhs_negs, c.dynamic_relations, c.comparator, r.operator, c.loss_fn,
+                c.margin, r.weight, c.lr, relation_lr, self.workers, seed)
+            s = stats.tolist()
+            out["loss"] += s[0]
+            out["violators_lhs"] += int(s[1])
+            out["violators_rhs"] += int(s[2])
+            out["count"] += int(s[3])
+            out["seconds"] += s[4]
+        return out
+
+
+def train(config: ConfigSchema, seed: int = 0, progress=None) -> List[dict]:
+    logger.info("pbg_fast %s", build_info())
+    return Trainer(config, seed=seed, progress=progress).train()
