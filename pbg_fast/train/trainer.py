@@ -290,8 +290,20 @@ class Trainer:
         rhs_all = torch.from_numpy(edges["rhs"])
         rel_all = torch.from_numpy(edges["rel"])
         w_all = torch.from_numpy(edges["weight"]) if edges["weight"] is not None else None
+        held_out = None
+        if c.eval_fraction > 0:
+            # PBG holds out eval_fraction of each bucket's edges and evaluates them after the
+            # bucket is trained (sampled ranking, eval_num_batch_negs + eval_num_uniform_negs).
+            g = torch.Generator().manual_seed(seed)
+            mask = torch.rand(len(lhs_all), generator=g) < c.eval_fraction
+            held_out = (lhs_all[mask], rhs_all[mask], rel_all[mask])
+            keep = ~mask
+            lhs_all, rhs_all, rel_all = lhs_all[keep], rhs_all[keep], rel_all[keep]
+            w_all = w_all[keep] if w_all is not None else None
         if c.dynamic_relations:
             groups = [(0, slice(None))]
+        elif len(c.relations) == 1:
+            groups = [(0, slice(None))]  # no grouping (and no copies) needed
         else:
             order = torch.argsort(rel_all, stable=True)
             lhs_all, rhs_all, rel_all = lhs_all[order], rhs_all[order], rel_all[order]
@@ -313,6 +325,9 @@ class Trainer:
             lg, lgs = model.global_embs.get(r.lhs, (empty, empty))
             rg, rgs = model.global_embs.get(r.rhs, (empty, empty))
             rel_arg = rel_all[sl] if c.dynamic_relations else torch.zeros(0, dtype=torch.long)
+            if not c.dynamic_relations and len(c.relations) == 1 and len(rel_all) and rel_all.max() > 0:
+                raise DataError(f"edges_{lp}_{rp}.h5: relation id {int(rel_all.max())} not in the "
+                                f"config's {len(c.relations)} relations")
             stats = torch.ops.pbg_fast.train_bucket_(
                 lhs_emb, lhs_state, rhs_emb, rhs_state, rp_.rhs, rp_.rhs_state, rp_.lhs,
                 rp_.lhs_state, lg, lgs, rg, rgs, lhs_all[sl].contiguous(),
@@ -327,7 +342,65 @@ class Trainer:
             out["violators_rhs"] += int(s[2])
             out["count"] += int(s[3])
             out["seconds"] += s[4]
+        if held_out is not None and len(held_out[0]):
+            out.update(self._eval_held_out(store, model, *held_out, lp, rp, seed))
         return out
+
+    @torch.no_grad()
+    def _eval_held_out(self, store, model, lhs, rhs, rel, lp, rp, seed) -> dict:
+        """Sampled ranking of held-out edges against in-chunk + uniform negatives per side."""
+        from ..model.reference import _matched, _pairwise, operator_forward, prepare
+        c = self.config
+        g = torch.Generator().manual_seed(seed + 1)
+        ranks = []
+        rel_ids = [0] if (c.dynamic_relations or len(c.relations) == 1) else torch.unique(rel).tolist()
+        for rel_id in rel_ids:
+            m = slice(None) if len(rel_ids) == 1 else (rel == rel_id)
+            h, t, rr = lhs[m], rhs[m], rel[m] if c.dynamic_relations else torch.zeros_like(lhs[m])
+            r = c.relations[rel_id]
+            le, _ = store.get(r.lhs, lp if c.entities[r.lhs].num_partitions > 1 else 0)
+            re, _ = store.get(r.rhs, rp if c.entities[r.rhs].num_partitions > 1 else 0)
+            lg = model.global_embs.get(r.lhs, (None,))[0]
+            rg = model.global_embs.get(r.rhs, (None,))[0]
+            params = model.relations[rel_id]
+
+            def vec(table, glob, ids, op_params=None, rels=None):
+                x = table[ids]
+                if glob is not None:
+                    x = x + glob
+                if op_params is not None:
+                    x = operator_forward(x, op_params, rels, r.operator)
+                return prepare(x, c.comparator)
+
+            nb, nu = c.eval_num_batch_negs or 0, c.eval_num_uniform_negs or 0
+            chunk = nb if nb else max(nu, 1)
+            for start in range(0, len(h), chunk):
+                hh, tt, rl = h[start:start + chunk], t[start:start + chunk], rr[start:start + chunk]
+                k = len(hh)
+                # (query vectors, true vectors, candidate table/op) for each side's negatives.
+                sides = []
+                if c.dynamic_relations:
+                    sides.append((vec(re, rg, tt, params.rhs, rl), vec(le, lg, hh), le, lg, None))
+                    sides.append((vec(le, lg, hh, params.lhs, rl), vec(re, rg, tt), re, rg, None))
+                else:
+                    zero = torch.zeros(k, dtype=torch.long)
+                    dst = vec(re, rg, tt, params.rhs, zero)
+                    src = vec(le, lg, hh)
+                    sides.append((dst, src, le, lg, None))
+                    sides.append((src, dst, re, rg, params.rhs))
+                for q, true, table, glob, op_params in sides:
+                    uni = torch.randint(0, len(table), (nu,), generator=g)
+                    cand = vec(table, glob, uni, op_params,
+                               torch.zeros(nu, dtype=torch.long) if op_params is not None else None)
+                    negs = torch.cat([true if nb else true[:0], cand])
+                    scores = _pairwise(q.unsqueeze(0), negs.unsqueeze(0), c.comparator)[0]
+                    if nb:
+                        scores[torch.arange(k), torch.arange(k)] = -float("inf")
+                    pos = _matched(q, true, c.comparator)
+                    ranks.append((scores >= pos.unsqueeze(1)).sum(1) + 1)
+        rk = torch.cat(ranks).double()
+        return dict(eval_count=len(rk) // 2, eval_mrr=float((1 / rk).mean()),
+                    eval_hits10=float((rk <= 10).double().mean()))
 
 
 def train(config: ConfigSchema, seed: int = 0, progress=None) -> List[dict]:

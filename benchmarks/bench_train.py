@@ -1,0 +1,197 @@
+"""Training throughput on a synthetic power-law graph, against a plain-PyTorch HOGWILD trainer
+built from the reference ops, measured in the same run.
+
+    python benchmarks/bench_train.py [--quick] [--nodes N --edges E]
+
+Default (issue #3, item 9): 1M nodes, 10M edges, d=100, dot, softmax, 50 in-chunk + 50 uniform
+negatives, batch 1000, workers=2, P=1 and P=4 (and P=8 for memory). Each training run is a
+subprocess so its peak RSS is its own. Prints JSON lines; writes the negatives sweep as
+benchmarks/negatives_sweep.png when matplotlib is available.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import emit  # noqa: E402
+from pbg_fast.io.files import save_edges, save_entity_partition  # noqa: E402
+
+
+def make_graph(work: Path, nodes: int, edges: int, parts: int, seed: int = 0):
+    """Power-law-ish endpoints (density ~ x^-0.6 over a shuffled id space), in PBG's layout."""
+    rng = np.random.default_rng(seed)
+    relabel = rng.permutation(nodes)
+    lhs = relabel[(nodes * rng.random(edges) ** 2.5).astype(np.int64)]
+    rhs = relabel[(nodes * rng.random(edges) ** 2.5).astype(np.int64)]
+    part = rng.integers(0, parts, nodes)
+    offset = np.zeros(nodes, np.int64)
+    ent = work / f"ent_p{parts}"
+    for p in range(parts):
+        members = np.flatnonzero(part == p)
+        offset[members] = np.arange(len(members))
+        (ent).mkdir(parents=True, exist_ok=True)
+        (ent / f"entity_count_node_{p}.txt").write_text(f"{len(members)}\n")
+    lp, rp = part[lhs], part[rhs]
+    key = lp * parts + rp
+    order = np.argsort(key, kind="stable")
+    bounds = np.searchsorted(key[order], np.arange(parts * parts + 1))
+    for k in range(parts * parts):
+        sel = order[bounds[k]:bounds[k + 1]]
+        save_edges(work / f"edges_p{parts}", k // parts, k % parts, offset[lhs[sel]],
+                   offset[rhs[sel]], np.zeros(len(sel), np.int64))
+    return str(ent), str(work / f"edges_p{parts}")
+
+
+def config(ent, edges, ckpt, parts, negs_batch=50, negs_uniform=50, epochs=1, dim=100):
+    batch = max(1000, negs_batch) if negs_batch else 1000
+    batch = (batch // negs_batch) * negs_batch if negs_batch else batch
+    return dict(
+        entities={"node": {"num_partitions": parts}},
+        relations=[{"name": "link", "lhs": "node", "rhs": "node"}],
+        dimension=dim, comparator="dot", loss_fn="softmax", lr=0.1, num_epochs=epochs,
+        batch_size=batch, num_batch_negs=negs_batch, num_uniform_negs=negs_uniform,
+        eval_fraction=0, global_emb=False, workers=2, bucket_order="inside_out",
+        entity_path=ent, edge_paths=[edges], checkpoint_path=ckpt)
+
+
+RUNNER = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from pbg_fast.config import parse_config
+from pbg_fast.train.trainer import train
+t0 = time.perf_counter()
+recs = train(parse_config(json.loads({cfg!r})))
+wall = time.perf_counter() - t0
+print(json.dumps(dict(recs=recs, wall=wall,
+      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+"""
+
+
+def run_training(cfg: dict) -> dict:
+    code = RUNNER.format(root=str(ROOT), cfg=json.dumps(cfg))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def reference_hogwild(nodes: int, dim: int, lhs, rhs, batch: int, negs_batch: int,
+                      negs_uniform: int, seconds: float, workers: int = 2) -> float:
+    """The baseline: the same training step from the plain-PyTorch reference ops (autograd),
+    HOGWILD over Python threads sharing the tables. Returns edges/s."""
+    from pbg_fast.model import reference as ref
+    emb = torch.randn(nodes, dim) * 1e-3
+    state = torch.zeros(nodes)
+    params = torch.zeros(1, 0)
+    done = [0] * workers
+    stop = time.perf_counter() + seconds
+
+    def worker(w):
+        g = torch.Generator().manual_seed(w)
+        while time.perf_counter() < stop:
+            i = torch.randint(0, len(lhs) - batch, (1,), generator=g).item()
+            s = torch.from_numpy(lhs[i:i + batch])
+            d = torch.from_numpy(rhs[i:i + batch])
+            chunk = negs_batch or negs_uniform
+            c = (batch + chunk - 1) // chunk
+            su = torch.randint(0, nodes, (c, negs_uniform), generator=g)
+            du = torch.randint(0, nodes, (c, negs_uniform), generator=g)
+            mode = "batch_uniform" if negs_batch else "uniform"
+            _, gs, gd, *_ = ref.chunk_step(emb, emb, s, d, torch.zeros(batch, dtype=torch.long),
+                                           params, su, du, None, None, None, chunk, mode, mode,
+                                           "dot", "none", "softmax", 0.1)
+            rows = torch.cat([s, su.flatten(), d, du.flatten()])
+            ref.row_adagrad_(emb, state, rows, torch.cat([gs, gd]), 0.1)
+            done[w] += batch
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--nodes", type=int, default=None)
+    ap.add_argument("--edges", type=int, default=None)
+    ap.add_argument("--workdir", default=None)
+    a = ap.parse_args()
+    nodes = a.nodes or (100_000 if a.quick else 1_000_000)
+    edges = a.edges or (1_000_000 if a.quick else 10_000_000)
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="pbg_fast_bench_train_"))
+    base = dict(nodes=nodes, edges=edges, dim=100, comparator="dot", loss="softmax",
+                batch=1000, workers=2)
+
+    graphs = {p: make_graph(work, nodes, edges, p) for p in (1, 4, 8)}
+    # Baseline first (same graph, same step, plain PyTorch).
+    rng = np.random.default_rng(1)
+    lhs = (nodes * rng.random(min(edges, 2_000_000)) ** 2.5).astype(np.int64)
+    rhs = (nodes * rng.random(min(edges, 2_000_000)) ** 2.5).astype(np.int64)
+    ref_eps = reference_hogwild(nodes, 100, lhs, rhs, 1000, 50, 50, 10 if a.quick else 30)
+    emit(dict(what="train_reference_hogwild", config=base, edges_per_s=ref_eps))
+
+    results = {}
+    for p in (1, 4, 8):
+        ent, ed = graphs[p]
+        out = run_training(config(ent, ed, str(work / f"ck_p{p}"), p))
+        it = out["recs"][-1]
+        buckets = p * p
+        results[p] = dict(edges_per_s=it["edges_per_s"], wall_s=out["wall"],
+                          wall_edges_per_s=it["count"] / out["wall"], peak_rss_mb=out["peak_rss_mb"],
+                          swaps=it["swaps"], swap_seconds=it["swap_seconds"],
+                          seconds_per_swap=it["swap_seconds"] / max(it["swaps"], 1), buckets=buckets)
+        emit(dict(what="train", config=dict(base, partitions=p), **results[p],
+                  speedup_vs_reference=it["edges_per_s"] / ref_eps))
+    emit(dict(what="partition_memory", p1_peak_rss_mb=results[1]["peak_rss_mb"],
+              p8_peak_rss_mb=results[8]["peak_rss_mb"],
+              reduction=1 - results[8]["peak_rss_mb"] / results[1]["peak_rss_mb"],
+              p4_vs_p1_throughput=results[4]["edges_per_s"] / results[1]["edges_per_s"]))
+
+    # Negatives sweep: edges/s as negatives per side grow (batch negatives = uniform = n/2).
+    sweep = []
+    ent, ed = graphs[1]
+    sweep_edges = edges if a.quick else 2_000_000
+    for n in (10, 100, 1000):
+        cfg = config(ent, ed, str(work / f"ck_sweep{n}"), 1, negs_batch=n // 2, negs_uniform=n // 2)
+        cfg["num_edge_chunks"] = max(1, edges // sweep_edges)
+        out = run_training(cfg)
+        it = out["recs"][-1]
+        sweep.append((n, it["edges_per_s"]))
+        emit(dict(what="negatives_sweep", negatives_per_side=n, edges_per_s=it["edges_per_s"],
+                  config=dict(base, batch=cfg["batch_size"])))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs, ys = zip(*sweep)
+        ax.plot(xs, [y / 1e6 for y in ys], "o-")
+        ax.set_xscale("log")
+        ax.set_xlabel("negatives per positive, per side")
+        ax.set_ylabel("M edges/s (2 workers)")
+        ax.set_title("Batched negatives: cost per edge vs negatives")
+        ax.set_ylim(bottom=0)
+        fig.tight_layout()
+        fig.savefig(Path(__file__).parent / "negatives_sweep.png", dpi=120)
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Config: PBG files load unchanged, JSON/YAML, overrides, and errors that name the key."""
+
+import json
+
+import pytest
+
+from pbg_fast.config import ConfigError, load_config, parse_config, schema_help
+
+PBG_FILE = '''
+def get_torchbiggraph_config():
+    config = dict(
+        entity_path="data/FB15k",
+        edge_paths=["data/train", "data/valid"],
+        checkpoint_path="model/fb15k",
+        entities={"all": {"num_partitions": 1}},
+        relations=[{"name": "all_edges", "lhs": "all", "rhs": "all", "operator": "complex_diagonal"}],
+        dynamic_relations=True,
+        dimension=400,
+        global_emb=False,
+        comparator="dot",
+        num_epochs=50,
+        num_uniform_negs=1000,
+        loss_fn="softmax",
+        lr=0.1,
+        eval_fraction=0,
+    )
+    return config
+'''
+
+# Every key of PBG 1.0's ConfigSchema at its default (what ConfigSchema.to_dict() writes).
+PBG_DEFAULTS = dict(
+    entities={"e": {"num_partitions": 1, "featurized": False}},
+    relations=[{"name": "r", "lhs": "e", "rhs": "e", "weight": 1.0, "operator": "none",
+                "all_negs": False}],
+    dimension=10, init_scale=1e-3, max_norm=None, global_emb=True, comparator="cos", bias=False,
+    loss_fn="ranking", margin=0.1, entity_path="x", edge_paths=["y"], checkpoint_path="z",
+    init_path=None, checkpoint_preservation_interval=None, num_epochs=1, num_edge_chunks=None,
+    max_edges_per_chunk=1_000_000_000, bucket_order="inside_out", workers=None, batch_size=1000,
+    num_batch_negs=50, num_uniform_negs=50, disable_lhs_negs=False, disable_rhs_negs=False,
+    lr=1e-2, relation_lr=None, eval_fraction=0.05, eval_num_batch_negs=1000,
+    eval_num_uniform_negs=1000, background_io=False, verbose=0, hogwild_delay=2,
+    dynamic_relations=False, num_machines=1, num_partition_servers=-1,
+    distributed_init_method=None, distributed_tree_init_order=True,
+)
+
+
+def test_pbg_python_config_loads_unchanged(tmp_path):
+    f = tmp_path / "fb15k_config.py"
+    f.write_text(PBG_FILE)
+    c = load_config(str(f))
+    assert c.dimension == 400 and c.dynamic_relations and c.relations[0].operator == "complex_diagonal"
+    assert c.num_batch_negs == 50 and c.batch_size == 1000  # PBG defaults filled in
+
+
+def test_every_pbg_default_is_accepted():
+    c = parse_config(PBG_DEFAULTS)
+    assert c.bucket_order == "inside_out" and c.global_emb
+
+
+def test_json_config_and_overrides(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps(PBG_DEFAULTS))
+    c = load_config(str(f), ["relations.0.operator=diagonal", "edge_paths=a,b", "num_epochs=3",
+                             "global_emb=false"])
+    assert c.relations[0].operator == "diagonal"
+    assert c.edge_paths == ["a", "b"] and c.num_epochs == 3 and c.global_emb is False
+
+
+def test_yaml_config(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(PBG_DEFAULTS))
+    assert load_config(str(f)).dimension == 10
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"relations": [{"name": "r", "lhs": "e", "rhs": "e", "operator": "foo"}]},
+     r"relations\[0\]\.operator: unknown 'foo'; expected one of none, translation"),
+    ({"comparator": "manhattan"}, r"comparator: unknown 'manhattan'"),
+    ({"loss_fn": "hinge"}, r"loss_fn: unknown 'hinge'"),
+    ({"bucket_order": "zigzag"}, r"bucket_order: unknown 'zigzag'"),
+    ({"foo": 1}, r"foo: unknown key"),
+    ({"dimension": "ten"}, r"dimension: expected an int"),
+    ({"dimension": 0}, r"dimension: must be positive"),
+    ({"batch_size": 1010}, r"batch_size: must be a multiple of num_batch_negs"),
+    ({"relations": [{"name": "r", "lhs": "e", "rhs": "f"}]}, r"relations\[0\]\.rhs: unknown entity type 'f'"),
+    ({"entities": {"e": {"num_partitions": 1, "featurized": True}}}, r"featurized entities are not supported"),
+    ({"num_machines": 2}, r"num_machines: distributed training is not supported by pbg_fast yet"),
+    ({"disable_lhs_negs": True, "disable_rhs_negs": True}, r"cannot disable negatives on both sides"),
+    ({"relations": [{"name": "r", "lhs": "e", "rhs": "e", "bogus": 1}]}, r"relations\[0\]\.bogus: unknown key"),
+])
+def test_bad_config_names_the_key(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(dict(PBG_DEFAULTS, **change))
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps(PBG_DEFAULTS))
+    with pytest.raises(ConfigError, match="nope: unknown key"):
+        load_config(str(f), ["nope=1"])
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(str(tmp_path / "missing.py"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n  \"dimension\": ,\n}")
+    with pytest.raises(ConfigError, match=r"bad\.json:2: invalid JSON"):
+        load_config(str(bad))
+
+
+def test_schema_help_lists_every_key():
+    text = schema_help()
+    for key in PBG_DEFAULTS:
+        assert f"\n{key} (" in "\n" + text
+
+
+def test_torchbiggraph_to_dict_loads(tmp_path):
+    tbg = pytest.importorskip("torchbiggraph.config")
+    raw = dict(PBG_DEFAULTS)
+    c = tbg.ConfigSchema.from_dict(raw)
+    assert parse_config(c.to_dict()).dimension == 10
