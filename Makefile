@@ -18,7 +18,11 @@ export PBG_FAST_NATIVE ?= 1
 EXT := pbg_fast/_C$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 
-.PHONY: setup demo test bench check-cuda cmake-check clean
+.PHONY: setup demo test bench check-cuda cmake-check peer clean
+
+# PyTorch-BigGraph 1.0 in its own venv, for the compatibility tests (../shared/PEERS.md):
+# `make peer`, then PBG_FAST_PEER_PYTHON=.peer-venv/bin/python make test.
+PEER := .peer-venv
 
 $(VENV)/.deps: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,13 +54,29 @@ check-cuda:
 	bash csrc/cuda/check.sh
 
 bench: setup
+	$(PIP) install -q matplotlib
 	$(PY) benchmarks/bench_ops.py $(if $(QUICK),--quick,)
+	$(PY) benchmarks/bench_import.py $(if $(QUICK),--quick,)
+	$(PY) benchmarks/bench_train.py $(if $(QUICK),--quick,)
 
 cmake-check: setup
 	cmake -S . -B cmake-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 	cmake --build cmake-build
 	./cmake-build/bench_chunk_step_cpp
+
+peer: $(PEER)/.ok
+
+$(PEER)/.ok:
+	$(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/pip install -q "$(TORCH_SPEC)"
+	$(PEER)/bin/pip install -q --no-deps torchbiggraph==1.0.0
+	$(PEER)/bin/pip install -q numpy h5py attrs tqdm "setuptools<81"
+	@# PEERS.md: 1.0.0 compares types with `is not Optional[...]`, which breaks on 3.11.
+	sed -i 's/if type_ is not Optional\[/if type_ != Optional[/' \
+	  $(PEER)/lib/python3*/site-packages/torchbiggraph/schema.py
+	$(PEER)/bin/python -c "import torchbiggraph.train"
+	@touch $@
 
 clean:
 	rm -rf build cmake-build pbg_fast/_C*.so

@@ -26,7 +26,7 @@ TORCH_LIBRARY(pbg_fast, m) {
       "chunk_step(Tensor src_emb, Tensor dst_emb, Tensor src_idx, Tensor dst_idx, Tensor rel, "
       "Tensor op_params, Tensor src_uniform, Tensor dst_uniform, Tensor? weight, Tensor? src_global, "
       "Tensor? dst_global, int chunk_size, str src_mode, str dst_mode, str comparator, "
-      "str operator, str loss, float margin) "
+      "str operator, str loss, float margin, float reg_coef=0.0) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "train_bucket_(Tensor(a!) lhs_emb, Tensor(b!) lhs_state, Tensor(c!) rhs_emb, "
@@ -36,6 +36,6 @@ TORCH_LIBRARY(pbg_fast, m) {
       "Tensor lhs, Tensor rhs, Tensor rel, Tensor? weight, int batch_size, int num_batch_negs, "
       "int num_uniform_negs, bool disable_lhs_negs, bool disable_rhs_negs, bool dynamic, "
       "str comparator, str operator, str loss, float margin, float relation_weight, float lr, "
-      "float relation_lr, int workers, int seed) -> Tensor");
+      "float relation_lr, int workers, int seed, float reg_coef=0.0) -> Tensor");
 }
 

@@ -64,7 +64,11 @@ class ConfigSchema:
     bias: bool = _help("Use the first dimension as a bias added to the score.", default=False)
     loss_fn: str = _help(f"The loss: one of {LOSSES}.", default="ranking")
     margin: float = _help("Margin of the ranking loss.", default=0.1)
-    regularization_coef: float = _help("Coefficient of the N3 regularizer (0 = none).", default=0.0)
+    regularization_coef: float = _help(
+        "Coefficient of the regularizer on the positives' embeddings and relation parameters "
+        "(0 = none).", default=0.0)
+    regularizer: str = _help("The regularizer: N3 (sum of cubed moduli, Lacroix et al. 2018).",
+                             default="N3")
     # data
     entity_path: str = _help("Directory with the entity count and name files.")
     edge_paths: List[str] = _help("Directories with partitioned edge lists.")
@@ -255,6 +259,8 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     _choice(c.comparator, COMPARATORS, "comparator")
     _choice(c.loss_fn, LOSSES, "loss_fn")
     _choice(c.bucket_order, BUCKET_ORDERS, "bucket_order")
+    _choice(c.regularizer, ("N3",), "regularizer")
+    _positive(c.regularization_coef, "regularization_coef", allow_zero=True)
     _positive(c.dimension, "dimension")
     _positive(c.init_scale, "init_scale")
     _positive(c.max_norm, "max_norm")
@@ -283,7 +289,6 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     # Keys pbg_fast accepts at PBG's defaults but cannot honour at other values yet.
     not_yet = {
         "bias": (c.bias, False, "the bias dimension"),
-        "regularization_coef": (c.regularization_coef, 0.0, "regularisation"),
         "num_machines": (c.num_machines, 1, "distributed training"),
         "distributed_init_method": (c.distributed_init_method, None, "distributed training"),
         "num_gpus": (c.num_gpus, 0, "the GPU trainer"),

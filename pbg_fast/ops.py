@@ -113,7 +113,8 @@ def chunk_step(
     operator: str,
     loss: str,
     margin: float = 0.1,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    reg_coef: float = 0.0,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused training step of one batch in one direction (PBG's forward_direction_agnostic
     plus the loss and the backward pass), with no per-pair tensors beyond each chunk's scores.
 
@@ -125,6 +126,9 @@ def chunk_step(
     Negatives: src_uniform [C, Us], dst_uniform [C, Ud] int64 rows of each table; per side
     src_mode/dst_mode: 'batch_uniform' = the chunk's own positives (the same edge masked) + the
     uniform ones, 'uniform' = the uniform ones only, 'skip' = no scores and no loss for that side.
+    N3 regularisation (reg_coef > 0): reg_coef * sum of m^3 over each positive's src and dst rows
+    as stored and over its relation's parameters, m = |x_k|, or the modulus of the complex pair
+    (x_k, x_{k+D/2}) with complex_diagonal; added to the loss and the gradients.
     Global embeddings (PBG's global_emb): src_global / dst_global [D] or None, added to every row
     of that side before the operator.
     Loss: sum over enabled sides of loss(pos, neg_scores, weight [B] or None); logistic's 1/M uses
@@ -139,6 +143,7 @@ def chunk_step(
     return torch.ops.pbg_fast.chunk_step(
         src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
         src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss, margin,
+        reg_coef,
     )
 
 
@@ -232,7 +237,7 @@ def _register() -> None:
     @torch.library.register_fake(lib + "chunk_step")
     def _(src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
           src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss,
-          margin):
+          margin, reg_coef=0.0):
         b, d = src_idx.shape[0], src_emb.shape[1]
         c = src_uniform.shape[0]
         return (

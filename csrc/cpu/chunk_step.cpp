@@ -169,6 +169,22 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   if (out.dst_global) {
     for (int64_t r = 0; r < RD; ++r) axpy_row(T(1), dst_out(r), out.dst_global, D);
   }
+  if (cfg.reg_coef != T(0)) {
+    // N3 on each positive's src and dst rows as stored, and on its relation's parameters.
+    constexpr bool pairs = O == Operator::ComplexDiagonal;
+    double reg = 0;
+    for (int64_t i = 0; i < P; ++i) {
+      reg += n3_row(tb.src_emb + in.src_idx[i] * tb.src_stride, out.src_pos + i * D, D,
+                    cfg.reg_coef, pairs);
+      reg += n3_row(tb.dst_emb + in.dst_idx[i] * tb.dst_stride, out.dst_pos + i * D, D,
+                    cfg.reg_coef, pairs);
+      if (K > 0) {
+        const int64_t rr = rel_of(i);
+        reg += n3_row(tb.op_params + rr * K, out.op_params + rr * K, K, cfg.reg_coef, pairs);
+      }
+    }
+    stats.loss += reg;
+  }
   return stats;
 }
 
@@ -211,7 +227,7 @@ chunk_step_cpu(
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& src_global,
     const c10::optional<at::Tensor>& dst_global, int64_t chunk_size, c10::string_view src_mode_name,
     c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,
-    c10::string_view loss_name, double margin) {
+    c10::string_view loss_name, double margin, double reg_coef) {
   const Comparator cmp = parse_comparator(std::string(comparator), kOp);
   const Operator op = parse_operator(std::string(op_name), kOp);
   const Loss loss = parse_loss(std::string(loss_name), kOp);
@@ -314,7 +330,8 @@ chunk_step_cpu(
                                dst_emb.stride(0), params.data_ptr<T>(), K, D,
                                sglob.defined() ? sglob.data_ptr<T>() : nullptr,
                                dglob.defined() ? dglob.data_ptr<T>() : nullptr};
-    cpu::ChunkConfig<T> cfg{src_mode, dst_mode, chunk_size, static_cast<T>(margin)};
+    cpu::ChunkConfig<T> cfg{src_mode, dst_mode, chunk_size, static_cast<T>(margin),
+                            static_cast<T>(reg_coef)};
     const int64_t* sidx = src_i.data_ptr<int64_t>();
     const int64_t* didx = dst_i.data_ptr<int64_t>();
     const int64_t* relp = rel_i.data_ptr<int64_t>();

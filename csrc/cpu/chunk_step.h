@@ -31,6 +31,8 @@ struct ChunkConfig {
   NegMode dst_mode;
   int64_t chunk_size;  // nominal chunk size: logistic normalises by chunk_size + U as PBG does
   T margin;
+  // N3 regularisation of the positives' rows (as stored) and their relation's parameters.
+  T reg_coef = 0;
 };
 
 // One chunk: P positives and the U uniform negatives of each side.

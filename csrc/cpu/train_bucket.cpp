@@ -117,7 +117,7 @@ struct Shared {
   Comparator cmp;
   Operator op;
   Loss loss;
-  T margin, lr, relation_lr, relation_weight;
+  T margin, lr, relation_lr, relation_weight, reg_coef;
 };
 
 struct WorkerStats {
@@ -213,7 +213,7 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       T* g_sglob = sglob ? g_glob.data() + (reversed ? D : 0) : nullptr;
       T* g_dglob = dglob ? g_glob.data() + (reversed ? 0 : D) : nullptr;
       ChunkTables<T> tables{src_emb, D, dst_emb, D, op, K, D, sglob, dglob};
-      ChunkConfig<T> cfg{smode, dmode, cs, sh.margin};
+      ChunkConfig<T> cfg{smode, dmode, cs, sh.margin, sh.reg_coef};
       for (int64_t c = 0; c < C; ++c) {
         const int64_t b0 = c * cs, P = std::min(cs, n - b0);
         ChunkInput in{sidx + b0, didx + b0, rel_idx.data() + b0, P, suni + c * Us, Us,
@@ -283,7 +283,7 @@ at::Tensor train_bucket_cpu(
     int64_t batch_size, int64_t num_batch_negs, int64_t num_uniform_negs, bool disable_lhs_negs,
     bool disable_rhs_negs, bool dynamic, c10::string_view comparator, c10::string_view op_name,
     c10::string_view loss_name, double margin, double relation_weight, double lr,
-    double relation_lr, int64_t workers, int64_t seed) {
+    double relation_lr, int64_t workers, int64_t seed, double reg_coef) {
   const auto t0 = std::chrono::steady_clock::now();
   const Comparator cmp = parse_comparator(std::string(comparator), kOp);
   const Operator op = parse_operator(std::string(op_name), kOp);
@@ -380,7 +380,7 @@ at::Tensor train_bucket_cpu(
                  disable_lhs_negs ? NegMode::Uniform : base,
                  disable_rhs_negs ? NegMode::Uniform : base, dynamic, cmp, op, loss,
                  static_cast<T>(margin), static_cast<T>(lr), static_cast<T>(relation_lr),
-                 static_cast<T>(relation_weight)};
+                 static_cast<T>(relation_weight), static_cast<T>(reg_coef)};
     std::atomic<int64_t> next_batch{0};
     std::vector<std::thread> threads;
     auto run = [&](int64_t w_id) {

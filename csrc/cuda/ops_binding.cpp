@@ -363,8 +363,9 @@ chunk_step_cuda(
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& src_global,
     const c10::optional<at::Tensor>& dst_global, int64_t chunk_size, c10::string_view src_mode_name,
     c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,
-    c10::string_view loss_name, double margin) {
+    c10::string_view loss_name, double margin, double reg_coef) {
   constexpr const char* kOp = "chunk_step";
+  TORCH_CHECK_VALUE(reg_coef == 0.0, kOp, ": reg_coef (N3) is not supported on CUDA yet");
   const Comparator cmp = parse_comparator(std::string(comparator), kOp);
   const Operator op = parse_operator(std::string(op_name), kOp);
   const Loss loss = parse_loss(std::string(loss_name), kOp);

@@ -105,4 +105,28 @@ PBG_HD void normalize_row_backward(const T* y, T inv_norm, T* g, int64_t d) {
   for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - y[k] * yg) * inv_norm;
 }
 
+// N3 regularizer (Lacroix et al. 2018, as PBG's "N3"): coef * sum_k m_k^3 over a row, where m_k
+// is the modulus of the complex pair (x_k, x_{k+D/2}) when `complex_pairs`, else |x_k|. Adds
+// its gradient (3 coef m_k x) to g and returns the penalty.
+template <typename T>
+PBG_HD T n3_row(const T* x, T* g, int64_t d, T coef, bool complex_pairs) {
+  T total = 0;
+  if (complex_pairs) {
+    const int64_t h = d / 2;
+    for (int64_t k = 0; k < h; ++k) {
+      const T m = sqrt(x[k] * x[k] + x[h + k] * x[h + k]);
+      total += m * m * m;
+      g[k] += T(3) * coef * m * x[k];
+      g[h + k] += T(3) * coef * m * x[h + k];
+    }
+  } else {
+    for (int64_t k = 0; k < d; ++k) {
+      const T m = x[k] > T(0) ? x[k] : -x[k];
+      total += m * m * m;
+      g[k] += T(3) * coef * m * x[k];
+    }
+  }
+  return coef * total;
+}
+
 }  // namespace pbg

@@ -297,9 +297,9 @@ def import_from_tsv(
             for i, names in enumerate(split):
                 (ent_stage / f"entity_count_{etype}_{i}.txt").write_text(f"{len(names)}\n")
                 (ent_stage / f"entity_names_{etype}_{i}.json").write_text(json.dumps(names))
-        if dynamic:
-            (ent_stage / "dynamic_rel_count.txt").write_text(f"{len(rel_list)}\n")
-            (ent_stage / "dynamic_rel_names.json").write_text(json.dumps(rel_list))
+        # Relation type names and count, as PBG's importer writes them (dynamic or not).
+        (ent_stage / "dynamic_rel_count.txt").write_text(f"{len(rel_list)}\n")
+        (ent_stage / "dynamic_rel_names.json").write_text(json.dumps(rel_list))
         for stage, final in staged:
             # Old bucket files of a previous import would mix with the new ones: remove them.
             if final != ent_dir:

@@ -121,6 +121,23 @@ def row_adagrad_(weight: Tensor, state: Tensor, indices: Tensor, grad: Tensor, l
     weight.index_add_(0, rows, -lr * summed / std.unsqueeze(1))
 
 
+# --- regularisation ---------------------------------------------------------------------------
+
+
+def n3(src: Tensor, dst: Tensor, rel_params: Tensor, operator: str, coef: float) -> Tensor:
+    """N3 (PBG's "N3"): coef * sum m^3, m = |x| or the modulus of complex pairs (x_k, x_{k+D/2})
+    under complex_diagonal, over the positives' rows and their relations' parameters."""
+    def cubes(x):
+        if operator == "complex_diagonal":
+            h = x.shape[-1] // 2
+            return (x[..., :h].pow(2) + x[..., h:].pow(2)).sqrt().pow(3).sum()
+        return x.abs().pow(3).sum()
+    total = cubes(src) + cubes(dst)
+    if rel_params.numel():
+        total = total + cubes(rel_params)
+    return coef * total
+
+
 # --- the fused chunk step --------------------------------------------------------------------
 
 
@@ -146,7 +163,7 @@ def _mask(scores: Tensor, num_pos: int, chunk_size: int, mode: str) -> Tensor:
 def chunk_step(
     src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
     src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss_name,
-    margin=0.1,
+    margin=0.1, reg_coef=0.0,
 ):
     """Same contract as pbg_fast.ops.chunk_step, via padding, masks and autograd."""
     b, d = src_idx.shape[0], src_emb.shape[1]
@@ -189,6 +206,8 @@ def chunk_step(
         # 1/M normalisation sees them, and it does here too (M = chunk_size + U).
         total = total + loss(pos, scores, weight, loss_name, margin)
         violators[side] = (scores > pos.unsqueeze(1)).sum()
+    if reg_coef:
+        total = total + n3(src_rows[:b], dst_rows[:b], params[rel], operator, reg_coef)
     leaves = [src_rows, dst_rows, params] + [g for g in globals_ if g is not None]
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]

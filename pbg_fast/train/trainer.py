@@ -335,7 +335,8 @@ class Trainer:
                 w_all[sl].contiguous() if w_all is not None else None,
                 c.batch_size, c.num_batch_negs, c.num_uniform_negs, c.disable_lhs_negs,
                 c.disable_rhs_negs, c.dynamic_relations, c.comparator, r.operator, c.loss_fn,
-                c.margin, r.weight, c.lr, relation_lr, self.workers, seed)
+                c.margin, r.weight, c.lr, relation_lr, self.workers, seed,
+                c.regularization_coef)
             s = stats.tolist()
             out["loss"] += s[0]
             out["violators_lhs"] += int(s[1])

@@ -64,10 +64,10 @@ def exact_ties(case, src_mode, dst_mode):
     return torch.tensor(ties)
 
 
-def check(case, src_mode, dst_mode, comparator, operator, loss, dtype, margin=0.2):
+def check(case, src_mode, dst_mode, comparator, operator, loss, dtype, margin=0.2, reg=0.0):
     args = [case[k] for k in ARGS]
-    out = ops.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin)
-    exp = ref.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin)
+    out = ops.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin, reg)
+    exp = ref.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin, reg)
     names = ["loss", "src_grad", "dst_grad", "op_param_grad", "src_global_grad",
              "dst_global_grad", "violators"]
     for name, o, e in zip(names, out, exp):
@@ -122,6 +122,18 @@ def test_dynamic_relations_mixed_within_a_chunk(operator):
     # Dynamic relations: each edge has its own relation; the dst side has no uniform negatives.
     case = make_case(20, 6, 4, 0, 4, operator, torch.float64, rels=5, dynamic=True)
     check(case, "batch_uniform", "skip", "dot", operator, "softmax", torch.float64)
+
+
+@pytest.mark.parametrize("operator", ["complex_diagonal", "diagonal", "linear", "none"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_n3_regularisation(operator, dynamic):
+    case = make_case(17, 5, 3, 0 if dynamic else 3, 6, operator, torch.float64, rels=3,
+                     dynamic=dynamic)
+    out = check(case, "batch_uniform", "skip" if dynamic else "batch_uniform", "dot", operator,
+                "softmax", torch.float64, reg=0.05)
+    plain = ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform",
+                           "skip" if dynamic else "batch_uniform", "dot", operator, "softmax", 0.2)
+    assert out[0] > plain[0]  # the penalty is really added
 
 
 def test_repeated_entities_and_unweighted():
