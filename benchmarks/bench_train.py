@@ -74,8 +74,9 @@ from pbg_fast.train.trainer import train
 t0 = time.perf_counter()
 recs = train(parse_config(json.loads({cfg!r})))
 wall = time.perf_counter() - t0
-print(json.dumps(dict(recs=recs, wall=wall,
-      peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps(dict(recs=recs, wall=wall, peak_rss_mb=int(hwm) / 1024)))
 """
 
 

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..memory import empty_table
 from .files import FORMAT_VERSION, FORMAT_VERSION_ATTR, DataError, atomic_path, write_text_atomic
 
 logger = logging.getLogger("pbg_fast")
@@ -147,7 +148,13 @@ class CheckpointManager:
                 if hf.attrs.get(FORMAT_VERSION_ATTR) != FORMAT_VERSION:
                     raise DataError(f"{path}: unsupported format_version "
                                     f"{hf.attrs.get(FORMAT_VERSION_ATTR)!r}")
-                emb = torch.from_numpy(hf["embeddings"][...].astype(np.float32))
+                ds = hf["embeddings"]
+                emb = empty_table(*ds.shape)
+                if ds.size:
+                    if ds.dtype == np.float32:
+                        ds.read_direct(emb.numpy())
+                    else:
+                        emb.copy_(torch.from_numpy(ds[...].astype(np.float32)))
                 if OUR_ROW_STATE in hf:
                     state = torch.from_numpy(hf[OUR_ROW_STATE][...].astype(np.float32))
                 elif "optimizer/state_dict" in hf:

@@ -24,6 +24,7 @@ from .. import build_info
 from ..config import ConfigSchema
 from ..io.checkpoint import CheckpointManager, operator_params_from_pbg, operator_params_to_pbg
 from ..io.files import DataError, load_dynamic_rel_count, load_edges, load_entity_count
+from ..memory import empty_table
 from ..ops import operator_init_params, operator_num_params
 from .schedule import bucket_order
 
@@ -32,7 +33,8 @@ logger = logging.getLogger("pbg_fast")
 
 def init_embeddings(count: int, dim: int, scale: float, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(count, dim, generator=g) * scale).contiguous()
+    t = empty_table(count, dim)
+    return t.normal_(generator=g).mul_(scale)
 
 
 @dataclass
