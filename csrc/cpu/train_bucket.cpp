@@ -117,7 +117,8 @@ struct Shared {
   // edges
   const int64_t *lhs, *rhs, *rel;
   const T* weight;
-  const int64_t* perm;
+  const int32_t* perm32;  // the shuffled edge order: 32-bit when it fits (half the memory)
+  const int64_t* perm64;
   int64_t num_edges;
   // config
   int64_t batch_size, chunk_size;
@@ -165,12 +166,12 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     const int64_t C = (n + cs - 1) / cs;
     for (int64_t i = 0; i < n; ++i) {
       if (i + 16 < n) {  // the edge arrays are read in shuffled order: prefetch ahead
-        const int64_t ea = sh.perm[e0 + i + 16];
+        const int64_t ea = sh.perm32 ? sh.perm32[e0 + i + 16] : sh.perm64[e0 + i + 16];
         __builtin_prefetch(sh.lhs + ea);
         __builtin_prefetch(sh.rhs + ea);
         if (sh.rel) __builtin_prefetch(sh.rel + ea);
       }
-      const int64_t e = sh.perm[e0 + i];
+      const int64_t e = sh.perm32 ? sh.perm32[e0 + i] : sh.perm64[e0 + i];
       lhs_idx[i] = sh.lhs[e];
       rhs_idx[i] = sh.rhs[e];
       rel_idx[i] = sh.rel ? sh.rel[e] : 0;
@@ -374,10 +375,15 @@ at::Tensor train_bucket_cpu(
   if (E == 0) return out;
 
   // The shuffled edge order (Fisher-Yates with the op's seed).
-  std::vector<int64_t> perm(E);
-  for (int64_t i = 0; i < E; ++i) perm[i] = i;
+  std::vector<int32_t> perm32;
+  std::vector<int64_t> perm64;
   Rng shuffle_rng(static_cast<uint64_t>(seed) * 0x2545F4914F6CDD1DULL + 1);
-  for (int64_t i = E - 1; i > 0; --i) std::swap(perm[i], perm[shuffle_rng.below(i + 1)]);
+  auto shuffle = [&](auto& perm) {
+    perm.resize(E);
+    for (int64_t i = 0; i < E; ++i) perm[i] = static_cast<typename std::decay_t<decltype(perm)>::value_type>(i);
+    for (int64_t i = E - 1; i > 0; --i) std::swap(perm[i], perm[shuffle_rng.below(i + 1)]);
+  };
+  if (E <= INT32_MAX) shuffle(perm32); else shuffle(perm64);
 
   const int64_t nworkers = std::min<int64_t>(workers, (E + batch_size - 1) / batch_size);
   std::vector<WorkerStats> stats(nworkers);
@@ -391,7 +397,8 @@ at::Tensor train_bucket_cpu(
                  glob ? ptr(rhs_global) : nullptr, glob ? ptr(rhs_global_state) : nullptr,
                  lhs_i.data_ptr<int64_t>(), rhs_i.data_ptr<int64_t>(),
                  rel_i.numel() ? rel_i.data_ptr<int64_t>() : nullptr,
-                 w.defined() ? w.data_ptr<T>() : nullptr, perm.data(), E, batch_size, chunk,
+                 w.defined() ? w.data_ptr<T>() : nullptr, perm32.empty() ? nullptr : perm32.data(),
+                 perm64.empty() ? nullptr : perm64.data(), E, batch_size, chunk,
                  disable_lhs_negs ? 0 : num_uniform_negs, disable_rhs_negs ? 0 : num_uniform_negs,
                  disable_lhs_negs ? NegMode::Uniform : base,
                  disable_rhs_negs ? NegMode::Uniform : base, dynamic, cmp, op, loss,

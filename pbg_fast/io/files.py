@@ -119,8 +119,10 @@ def load_edges(edge_path, lhs_part: int, rhs_part: int, chunk: int = 0,
                 raise DataError(f"{path}: featurized edges are not supported by pbg_fast yet")
             n = hf["rel"].shape[0]
             begin, end = n * chunk // num_chunks, n * (chunk + 1) // num_chunks
-            out = {k: hf[k][begin:end].astype(np.int64) for k in ("lhs", "rhs", "rel")}
-            out["weight"] = hf["weight"][begin:end].astype(np.float32) if "weight" in hf else None
+            # astype(copy=False): no second copy of arrays that are already int64 / float32.
+            out = {k: hf[k][begin:end].astype(np.int64, copy=False) for k in ("lhs", "rhs", "rel")}
+            out["weight"] = (hf["weight"][begin:end].astype(np.float32, copy=False)
+                             if "weight" in hf else None)
             return out
     except OSError as e:
         raise DataError(f"{path}: cannot read edge file: {e}") from None

@@ -291,6 +291,12 @@ class Trainer:
         lhs_all = torch.from_numpy(edges["lhs"])
         rhs_all = torch.from_numpy(edges["rhs"])
         rel_all = torch.from_numpy(edges["rel"])
+        if not c.dynamic_relations and len(c.relations) == 1:
+            if int(rel_all.max()) > 0:
+                raise DataError(f"edges_{lp}_{rp}.h5: relation id {int(rel_all.max())} not in the "
+                                f"config's {len(c.relations)} relations")
+            rel_all = torch.zeros(len(lhs_all), dtype=torch.int8)  # not needed: free it
+            edges["rel"] = None
         w_all = torch.from_numpy(edges["weight"]) if edges["weight"] is not None else None
         held_out = None
         if c.eval_fraction > 0:
@@ -327,9 +333,6 @@ class Trainer:
             lg, lgs = model.global_embs.get(r.lhs, (empty, empty))
             rg, rgs = model.global_embs.get(r.rhs, (empty, empty))
             rel_arg = rel_all[sl] if c.dynamic_relations else torch.zeros(0, dtype=torch.long)
-            if not c.dynamic_relations and len(c.relations) == 1 and len(rel_all) and rel_all.max() > 0:
-                raise DataError(f"edges_{lp}_{rp}.h5: relation id {int(rel_all.max())} not in the "
-                                f"config's {len(c.relations)} relations")
             stats = torch.ops.pbg_fast.train_bucket_(
                 lhs_emb, lhs_state, rhs_emb, rhs_state, rp_.rhs, rp_.rhs_state, rp_.lhs,
                 rp_.lhs_state, lg, lgs, rg, rgs, lhs_all[sl].contiguous(),
