@@ -178,7 +178,13 @@ def import_from_tsv(
 
     # ---- pass 1: relation types and entity counts ----
     rel_counts: Dict[str, int] = {}
-    ent_counts: Dict[str, pd.Series] = {e: pd.Series(dtype=np.int64) for e in config.entities}
+    # Per entity type, per chunk: the names seen (or their counts when a min count applies);
+    # combined once at the end (combining per chunk would cost O(entities) every chunk).
+    seen: Dict[str, list] = {e: [] for e in config.entities}
+    types = {(r.lhs, r.rhs) for r in config.relations}
+    single_type = len(types) == 1 and len(set(next(iter(types)))) == 1 if types else False
+    if dynamic or rel_col is None:
+        single_type = config.relations[0].lhs == config.relations[0].rhs
 
     def rel_types(rel_values: pd.Series) -> Tuple[pd.Series, pd.Series]:
         if dynamic or rel_col is None:
@@ -188,27 +194,40 @@ def import_from_tsv(
         rhs_t = {r.name: r.rhs for r in config.relations}
         return rel_values.map(lhs_t), rel_values.map(rhs_t)
 
+    def column_values(chunk, rel_values):
+        """{entity type: Series of the names of that type in this chunk (both sides)}."""
+        if single_type:
+            etype = config.relations[0].lhs
+            return {etype: pd.concat([chunk[lhs_col], chunk[rhs_col]], ignore_index=True)}
+        lt, rt = rel_types(rel_values)
+        out = {}
+        for etype in config.entities:
+            vals = pd.concat([chunk[lhs_col][(lt == etype).to_numpy()],
+                              chunk[rhs_col][(rt == etype).to_numpy()]], ignore_index=True)
+            if len(vals):
+                out[etype] = vals
+        return out
+
     for path in inputs:
         for chunk in _iter_chunks(path, cols, delimiter, chunk_rows, skip_bad_lines, stats, True):
             stats.lines += len(chunk)
             rel_values = chunk[rel_col] if rel_col is not None else pd.Series(
                 rel_names_cfg[0], index=chunk.index)
-            for name, n in rel_values.value_counts().items():
-                rel_counts[name] = rel_counts.get(name, 0) + int(n)
+            if rel_col is not None:
+                for name, n in rel_values.value_counts().items():
+                    rel_counts[name] = rel_counts.get(name, 0) + int(n)
+            else:
+                rel_counts[rel_names_cfg[0]] = rel_counts.get(rel_names_cfg[0], 0) + len(chunk)
             if not dynamic and rel_col is not None:
-                unknown = set(rel_values.unique()) - set(rel_names_cfg)
+                unknown = set(rel_counts) - set(rel_names_cfg)
                 if unknown:
                     bad = sorted(unknown)[0]
                     pos = int(np.argmax((rel_values == bad).to_numpy()))
                     raise DataError(f"{path}: relation {bad!r} (data row {stats.lines - len(chunk) + pos + 1}) "
                                     f"is not among the config's relations {rel_names_cfg}")
-            lt, rt = rel_types(rel_values)
-            for etype in config.entities:
-                vals = pd.concat([chunk[lhs_col][(lt == etype).to_numpy()],
-                                  chunk[rhs_col][(rt == etype).to_numpy()]])
-                if len(vals):
-                    vc = vals.value_counts()
-                    ent_counts[etype] = ent_counts[etype].add(vc, fill_value=0)
+            for etype, vals in column_values(chunk, rel_values).items():
+                seen[etype].append(vals.value_counts() if entity_min_count > 1 else
+                                   pd.Series(pd.unique(vals.to_numpy())))
 
     # ---- dictionaries ----
     rng = random.Random(seed)
@@ -222,8 +241,14 @@ def import_from_tsv(
     ent_off: Dict[str, np.ndarray] = {}
     parts_of: Dict[str, List[List[str]]] = {}
     for etype, ec in config.entities.items():
-        counts = ent_counts[etype]
-        names = sorted(counts.index[counts.to_numpy() >= entity_min_count].tolist())
+        if not seen[etype]:
+            names = []
+        elif entity_min_count > 1:
+            counts = pd.concat(seen[etype]).groupby(level=0).sum()
+            names = sorted(counts.index[counts.to_numpy() >= entity_min_count].tolist())
+        else:
+            names = sorted(pd.unique(pd.concat(seen[etype], ignore_index=True).to_numpy()).tolist())
+        seen[etype] = None
         rng.shuffle(names)
         p = ec.num_partitions
         split = [names[i * len(names) // p:(i + 1) * len(names) // p] for i in range(p)]
@@ -253,7 +278,7 @@ def import_from_tsv(
                         rel = np.zeros(len(chunk), dtype=np.int64)
                     rel_values = chunk[rel_col] if rel_col is not None else pd.Series(
                         rel_names_cfg[0], index=chunk.index)
-                    lt, rt = rel_types(rel_values)
+                    lt, rt = (None, None) if single_type else rel_types(rel_values)
                     lhs_id = np.full(len(chunk), -1, np.int64)
                     rhs_id = np.full(len(chunk), -1, np.int64)
                     lhs_p = np.zeros(len(chunk), np.int64)
@@ -261,7 +286,10 @@ def import_from_tsv(
                     for etype in config.entities:
                         for col, ids, parts, types in ((lhs_col, lhs_id, lhs_p, lt),
                                                        (rhs_col, rhs_id, rhs_p, rt)):
-                            m = (types == etype).to_numpy()
+                            m = (np.ones(len(chunk), bool) if single_type
+                                 else (types == etype).to_numpy())
+                            if single_type and etype != config.relations[0].lhs:
+                                continue
                             if m.any():
                                 pos = ent_index[etype].get_indexer(chunk[col][m])
                                 ok = pos >= 0
