@@ -151,6 +151,29 @@ class _BucketWriter:
             hf.close()
 
 
+class _Dictionary:
+    """Names -> provisional ids in first-seen order, with occurrence counts."""
+
+    def __init__(self):
+        self.ids: Dict[str, int] = {}
+        self.counts = np.zeros(1024, np.int64)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        codes, uniques = pd.factorize(values)  # C hashing of the chunk's strings
+        ids = self.ids
+        # One dict operation per distinct name of the chunk, not per line.
+        to_global = np.fromiter((ids.setdefault(u, len(ids)) for u in uniques), np.int64,
+                                len(uniques))
+        out = to_global[codes]
+        if len(ids) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(len(ids) * 2 - len(self.counts), np.int64)])
+        self.counts[: len(ids)] += np.bincount(out, minlength=len(ids))
+        return out
+
+    def names(self) -> List[str]:
+        return list(self.ids)
+
+
 def import_from_tsv(
     config: ConfigSchema,
     inputs: List[str],
@@ -166,7 +189,13 @@ def import_from_tsv(
     seed: int = 0,
 ) -> ImportStats:
     """Writes the entity files to config.entity_path and inputs[i]'s edges to
-    config.edge_paths[i] (as torchbiggraph_import_from_tsv does)."""
+    config.edge_paths[i] (as torchbiggraph_import_from_tsv does).
+
+    One parse: each chunk's names become provisional integer ids (a dictionary per entity type
+    and one for relations), spilled with the chunk to a temporary file. Then partitions are
+    assigned, and a second pass over the integers only maps them to (partition, offset) and
+    appends each edge to its bucket.
+    """
     t0 = time.perf_counter()
     if len(inputs) != len(config.edge_paths):
         raise DataError(f"edge_paths: the config names {len(config.edge_paths)} edge paths but "
@@ -175,134 +204,128 @@ def import_from_tsv(
     stats = ImportStats()
     dynamic = config.dynamic_relations
     rel_names_cfg = [r.name for r in config.relations]
+    ents = {e: _Dictionary() for e in config.entities}
+    rels = _Dictionary()
+    if not dynamic:  # static relations: ids are the config's indices
+        for name in rel_names_cfg:
+            rels.ids.setdefault(name, len(rels.ids))
+        rels.counts = np.zeros(max(1024, len(rels.ids)), np.int64)
+    side_types = [(r.lhs, r.rhs) for r in config.relations]
+    single_type = len({t for pair in side_types for t in pair}) == 1
+    rel_lhs_type = np.array([config.relations[0 if dynamic else i].lhs for i in range(len(rel_names_cfg))])
+    rel_rhs_type = np.array([config.relations[0 if dynamic else i].rhs for i in range(len(rel_names_cfg))])
 
-    # ---- pass 1: relation types and entity counts ----
-    rel_counts: Dict[str, int] = {}
-    # Per entity type, per chunk: the names seen (or their counts when a min count applies);
-    # combined once at the end (combining per chunk would cost O(entities) every chunk).
-    seen: Dict[str, list] = {e: [] for e in config.entities}
-    types = {(r.lhs, r.rhs) for r in config.relations}
-    single_type = len(types) == 1 and len(set(next(iter(types)))) == 1 if types else False
-    if dynamic or rel_col is None:
-        single_type = config.relations[0].lhs == config.relations[0].rhs
-
-    def rel_types(rel_values: pd.Series) -> Tuple[pd.Series, pd.Series]:
-        if dynamic or rel_col is None:
-            r = config.relations[0]
-            return (pd.Series(r.lhs, index=rel_values.index), pd.Series(r.rhs, index=rel_values.index))
-        lhs_t = {r.name: r.lhs for r in config.relations}
-        rhs_t = {r.name: r.rhs for r in config.relations}
-        return rel_values.map(lhs_t), rel_values.map(rhs_t)
-
-    def column_values(chunk, rel_values):
-        """{entity type: Series of the names of that type in this chunk (both sides)}."""
-        if single_type:
-            etype = config.relations[0].lhs
-            return {etype: pd.concat([chunk[lhs_col], chunk[rhs_col]], ignore_index=True)}
-        lt, rt = rel_types(rel_values)
-        out = {}
-        for etype in config.entities:
-            vals = pd.concat([chunk[lhs_col][(lt == etype).to_numpy()],
-                              chunk[rhs_col][(rt == etype).to_numpy()]], ignore_index=True)
-            if len(vals):
-                out[etype] = vals
-        return out
-
-    for path in inputs:
-        for chunk in _iter_chunks(path, cols, delimiter, chunk_rows, skip_bad_lines, stats, True):
-            stats.lines += len(chunk)
-            rel_values = chunk[rel_col] if rel_col is not None else pd.Series(
-                rel_names_cfg[0], index=chunk.index)
-            if rel_col is not None:
-                for name, n in rel_values.value_counts().items():
-                    rel_counts[name] = rel_counts.get(name, 0) + int(n)
-            else:
-                rel_counts[rel_names_cfg[0]] = rel_counts.get(rel_names_cfg[0], 0) + len(chunk)
-            if not dynamic and rel_col is not None:
-                unknown = set(rel_counts) - set(rel_names_cfg)
-                if unknown:
-                    bad = sorted(unknown)[0]
-                    pos = int(np.argmax((rel_values == bad).to_numpy()))
-                    raise DataError(f"{path}: relation {bad!r} (data row {stats.lines - len(chunk) + pos + 1}) "
-                                    f"is not among the config's relations {rel_names_cfg}")
-            for etype, vals in column_values(chunk, rel_values).items():
-                seen[etype].append(vals.value_counts() if entity_min_count > 1 else
-                                   pd.Series(pd.unique(vals.to_numpy())))
-
-    # ---- dictionaries ----
-    rng = random.Random(seed)
-    if dynamic:
-        rel_list = sorted(n for n, k in rel_counts.items() if k >= relation_type_min_count)
-    else:
-        rel_list = rel_names_cfg
-    rel_index = pd.Index(rel_list)
-    ent_index: Dict[str, pd.Index] = {}
-    ent_part: Dict[str, np.ndarray] = {}
-    ent_off: Dict[str, np.ndarray] = {}
-    parts_of: Dict[str, List[List[str]]] = {}
-    for etype, ec in config.entities.items():
-        if not seen[etype]:
-            names = []
-        elif entity_min_count > 1:
-            counts = pd.concat(seen[etype]).groupby(level=0).sum()
-            names = sorted(counts.index[counts.to_numpy() >= entity_min_count].tolist())
-        else:
-            names = sorted(pd.unique(pd.concat(seen[etype], ignore_index=True).to_numpy()).tolist())
-        seen[etype] = None
-        rng.shuffle(names)
-        p = ec.num_partitions
-        split = [names[i * len(names) // p:(i + 1) * len(names) // p] for i in range(p)]
-        parts_of[etype] = split
-        ent_index[etype] = pd.Index([n for part in split for n in part])
-        ent_part[etype] = np.concatenate([np.full(len(s), i, np.int64) for i, s in enumerate(split)]) \
-            if names else np.zeros(0, np.int64)
-        ent_off[etype] = np.concatenate([np.arange(len(s), dtype=np.int64) for s in split]) \
-            if names else np.zeros(0, np.int64)
-        stats.entities[etype] = len(names)
-
-    # ---- pass 2: edges into staged bucket files ----
     staged: List[Tuple[Path, Path]] = []  # (staging dir, final dir)
+    spill_dir = Path(tempfile.mkdtemp(prefix="pbg_fast_import_"))
     try:
-        for path, out_dir in zip(inputs, config.edge_paths):
+        # ---- pass 1: parse once; provisional ids to spill files ----
+        spills: List[List[Path]] = []
+        for path in inputs:
+            files = []
+            for chunk in _iter_chunks(path, cols, delimiter, chunk_rows, skip_bad_lines, stats, True):
+                first_row = stats.lines
+                stats.lines += len(chunk)
+                if rel_col is not None:
+                    rel_values = chunk[rel_col].to_numpy()
+                    if dynamic:
+                        rel = rels.encode(rel_values)
+                    else:
+                        codes, uniques = pd.factorize(rel_values)
+                        bad = [u for u in uniques if u not in rels.ids]
+                        if bad:
+                            pos = int(np.argmax(rel_values == bad[0]))
+                            raise DataError(f"{path}: relation {bad[0]!r} (data row {first_row + pos + 1}) "
+                                            f"is not among the config's relations {rel_names_cfg}")
+                        rel = np.array([rels.ids[u] for u in uniques], np.int64)[codes]
+                        rels.counts[: len(rels.ids)] += np.bincount(rel, minlength=len(rels.ids))
+                else:
+                    rel = np.zeros(len(chunk), np.int64)
+                    rels.counts[0] += len(chunk)
+                lhs_vals, rhs_vals = chunk[lhs_col].to_numpy(), chunk[rhs_col].to_numpy()
+                if single_type:
+                    etype = side_types[0][0]
+                    both = ents[etype].encode(np.concatenate([lhs_vals, rhs_vals]))
+                    lhs_id, rhs_id = both[: len(chunk)], both[len(chunk):]
+                else:
+                    lhs_id = np.empty(len(chunk), np.int64)
+                    rhs_id = np.empty(len(chunk), np.int64)
+                    rel_cfg = np.zeros(len(chunk), np.int64) if dynamic else rel
+                    for etype in config.entities:
+                        for vals, ids, types in ((lhs_vals, lhs_id, rel_lhs_type),
+                                                 (rhs_vals, rhs_id, rel_rhs_type)):
+                            m = types[rel_cfg] == etype
+                            if m.any():
+                                ids[m] = ents[etype].encode(vals[m])
+                weight = (chunk[weight_col].to_numpy(dtype=np.float32)
+                          if weight_col is not None else None)
+                f = spill_dir / f"{len(spills)}_{len(files)}.npz"
+                np.savez(f, lhs=lhs_id, rhs=rhs_id, rel=rel,
+                         **({"weight": weight} if weight is not None else {}))
+                files.append(f)
+            spills.append(files)
+
+        # ---- dictionaries: min counts, random partitions ----
+        rng = random.Random(seed)
+        n_rel = len(rels.ids)
+        rel_keep = (rels.counts[:n_rel] >= relation_type_min_count) if dynamic else np.ones(n_rel, bool)
+        rel_list_prov = rels.names()
+        rel_final = np.full(n_rel, -1, np.int64)
+        kept_rels = [i for i in range(n_rel) if rel_keep[i]]
+        if dynamic:
+            kept_rels.sort(key=lambda i: rel_list_prov[i])
+        for new, old in enumerate(kept_rels):
+            rel_final[old] = new
+        rel_list = [rel_list_prov[i] for i in kept_rels]
+        part_of, off_of, parts_of = {}, {}, {}
+        for etype, ec in config.entities.items():
+            d = ents[etype]
+            names = d.names()
+            keep = np.flatnonzero(d.counts[: len(names)] >= entity_min_count).tolist()
+            rng.shuffle(keep)
+            p = ec.num_partitions
+            part = np.full(len(names), -1, np.int64)
+            off = np.full(len(names), -1, np.int64)
+            split = []
+            for i in range(p):
+                members = keep[i * len(keep) // p:(i + 1) * len(keep) // p]
+                part[members] = i
+                off[members] = np.arange(len(members))
+                split.append([names[m] for m in members])
+            part_of[etype], off_of[etype], parts_of[etype] = part, off, split
+            stats.entities[etype] = len(keep)
+            d.ids = None  # the strings are no longer needed
+
+        # ---- pass 2: integers only, into staged bucket files ----
+        nr = max(e.num_partitions for e in config.entities.values())
+        for files, out_dir in zip(spills, config.edge_paths):
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix=".pbg_fast_import.", dir=out))
             staged.append((stage, out))
             writer = _BucketWriter(stage, weight_col is not None)
             try:
-                for chunk in _iter_chunks(path, cols, delimiter, chunk_rows, skip_bad_lines,
-                                          stats, False):
-                    if rel_col is not None:
-                        rel = rel_index.get_indexer(chunk[rel_col])
+                for f in files:
+                    z = np.load(f)
+                    lhs_id, rhs_id, rel = z["lhs"], z["rhs"], z["rel"]
+                    weight = z["weight"] if weight_col is not None else None
+                    rel_cfg = np.zeros(len(rel), np.int64) if dynamic else rel
+                    if single_type:
+                        etype = side_types[0][0]
+                        lp, lo = part_of[etype][lhs_id], off_of[etype][lhs_id]
+                        rp, ro = part_of[etype][rhs_id], off_of[etype][rhs_id]
                     else:
-                        rel = np.zeros(len(chunk), dtype=np.int64)
-                    rel_values = chunk[rel_col] if rel_col is not None else pd.Series(
-                        rel_names_cfg[0], index=chunk.index)
-                    lt, rt = (None, None) if single_type else rel_types(rel_values)
-                    lhs_id = np.full(len(chunk), -1, np.int64)
-                    rhs_id = np.full(len(chunk), -1, np.int64)
-                    lhs_p = np.zeros(len(chunk), np.int64)
-                    rhs_p = np.zeros(len(chunk), np.int64)
-                    for etype in config.entities:
-                        for col, ids, parts, types in ((lhs_col, lhs_id, lhs_p, lt),
-                                                       (rhs_col, rhs_id, rhs_p, rt)):
-                            m = (np.ones(len(chunk), bool) if single_type
-                                 else (types == etype).to_numpy())
-                            if single_type and etype != config.relations[0].lhs:
-                                continue
-                            if m.any():
-                                pos = ent_index[etype].get_indexer(chunk[col][m])
-                                ok = pos >= 0
-                                sel = np.flatnonzero(m)
-                                ids[sel[ok]] = ent_off[etype][pos[ok]]
-                                parts[sel[ok]] = ent_part[etype][pos[ok]]
-                    keep = (lhs_id >= 0) & (rhs_id >= 0) & (rel >= 0)
+                        lp, lo, rp, ro = (np.full(len(rel), -1, np.int64) for _ in range(4))
+                        for etype in config.entities:
+                            for ids, pp, oo, types in ((lhs_id, lp, lo, rel_lhs_type),
+                                                       (rhs_id, rp, ro, rel_rhs_type)):
+                                m = types[rel_cfg] == etype
+                                pp[m] = part_of[etype][ids[m]]
+                                oo[m] = off_of[etype][ids[m]]
+                    new_rel = rel_final[rel]
+                    keep = (lo >= 0) & (ro >= 0) & (new_rel >= 0)
                     stats.dropped_edges += int((~keep).sum())
-                    weight = (chunk[weight_col].to_numpy(dtype=np.float32)
-                              if weight_col is not None else None)
                     idx = np.flatnonzero(keep)
-                    nr = max(e.num_partitions for e in config.entities.values())
-                    key = lhs_p[idx] * nr + rhs_p[idx]
+                    key = lp[idx] * nr + rp[idx]
                     order = np.argsort(key, kind="stable")
                     idx, key = idx[order], key[order]
                     bounds = np.flatnonzero(np.diff(key)) + 1
@@ -310,12 +333,13 @@ def import_from_tsv(
                         if len(seg) == 0:
                             continue
                         rows = idx[seg]
-                        lp, rp = divmod(int(key[seg[0]]), nr)
-                        writer.append(lp, rp, lhs_id[rows], rhs_id[rows], rel[rows],
+                        bl, br = divmod(int(key[seg[0]]), nr)
+                        writer.append(bl, br, lo[rows], ro[rows], new_rel[rows],
                                       weight[rows] if weight is not None else None)
                     stats.edges += len(idx)
             finally:
                 writer.close()
+
         # ---- everything parsed: move into place ----
         ent_dir = Path(config.entity_path)
         ent_dir.mkdir(parents=True, exist_ok=True)
@@ -338,5 +362,6 @@ def import_from_tsv(
     finally:
         for stage, _ in staged:
             shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(spill_dir, ignore_errors=True)
     stats.seconds = time.perf_counter() - t0
     return stats
