@@ -71,6 +71,7 @@ def main():
     cfg = parse_config(dict(
         entities={"node": {"num_partitions": 1}},
         relations=[{"name": "all", "lhs": "node", "rhs": "node"}], dynamic_relations=True,
+        global_emb=False,
         dimension=8, entity_path=str(work / "ent"), edge_paths=[str(work / "edges")],
         checkpoint_path=str(work / "ck")))
     base = python_baseline(src, min(lines, 1_000_000))

@@ -256,6 +256,9 @@ def validate(c: ConfigSchema) -> ConfigSchema:
             raise ConfigError(f"{p}.all_negs: all_negs is not supported by pbg_fast yet")
     if c.dynamic_relations and len(c.relations) != 1:
         raise ConfigError("relations: with dynamic_relations there must be exactly one relation")
+    if c.dynamic_relations and c.global_emb:
+        raise ConfigError("global_emb: cannot be used with dynamic_relations (PBG refuses it "
+                          "too); set global_emb=False")
     _choice(c.comparator, COMPARATORS, "comparator")
     _choice(c.loss_fn, LOSSES, "loss_fn")
     _choice(c.bucket_order, BUCKET_ORDERS, "bucket_order")

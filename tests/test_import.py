@@ -16,7 +16,8 @@ def config(tmp_path, parts=1, dynamic=False, relations=None, n_paths=1):
     return parse_config(dict(
         entities={"node": {"num_partitions": parts}},
         relations=relations or [{"name": "r0", "lhs": "node", "rhs": "node"}],
-        dimension=8, dynamic_relations=dynamic, entity_path=str(tmp_path / "ent"),
+        dimension=8, dynamic_relations=dynamic, global_emb=not dynamic,
+        entity_path=str(tmp_path / "ent"),
         edge_paths=[str(tmp_path / f"edges{i}") for i in range(n_paths)],
         checkpoint_path=str(tmp_path / "ckpt")))
 
@@ -110,3 +111,21 @@ def test_input_count_must_match_edge_paths(tmp_path):
     (tmp_path / "in.tsv").write_text("a\tb\n")
     with pytest.raises(DataError, match="edge_paths: the config names 2 edge paths but 1 input"):
         import_from_tsv(config(tmp_path, n_paths=2), [str(tmp_path / "in.tsv")], 0, 1)
+
+
+def test_dynamic_relations_need_a_relation_column(tmp_path):
+    (tmp_path / "in.tsv").write_text("a\tb\n")
+    with pytest.raises(DataError, match="--rel-col: dynamic_relations needs a relation column"):
+        import_from_tsv(config(tmp_path, dynamic=True), [str(tmp_path / "in.tsv")], 0, 1)
+
+
+def test_interrupted_import_is_refused_by_the_trainer(tmp_path):
+    from pbg_fast.io.files import IMPORT_MARKER
+    from pbg_fast.train.trainer import train
+    (tmp_path / "in.tsv").write_text("a\tb\nb\tc\n")
+    cfg = config(tmp_path)
+    import_from_tsv(cfg, [str(tmp_path / "in.tsv")], 0, 1)
+    assert not (tmp_path / "ent" / IMPORT_MARKER).exists()
+    (tmp_path / "edges0" / IMPORT_MARKER).write_text("")  # as a kill mid-move leaves it
+    with pytest.raises(DataError, match="an import into this directory did not finish"):
+        train(cfg)

@@ -173,6 +173,10 @@ def test_eval_fraction_holds_out_and_reports(tmp_path):
     assert all(0 < r["eval_mrr"] <= 1 for r in buckets if "eval_mrr" in r)
     late = [r["eval_mrr"] for r in buckets if r["epoch"] == 1]
     assert sum(late) / len(late) > 0.1
+    # The same edges are held out in every epoch (never trained on).
+    per_epoch = {e: sorted((tuple(r["bucket"]), r["eval_count"]) for r in buckets if r["epoch"] == e)
+                 for e in (0, 1)}
+    assert per_epoch[0] == per_epoch[1]
 
 
 def test_bucket_op_releases_the_gil(tmp_path):

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from ..memory import empty_table
-from .files import FORMAT_VERSION, FORMAT_VERSION_ATTR, DataError, atomic_path, write_text_atomic
+from .files import (FORMAT_VERSION, FORMAT_VERSION_ATTR, DataError, atomic_path, fsync_dir,
+                    write_text_atomic)
 
 logger = logging.getLogger("pbg_fast")
 
@@ -110,6 +111,7 @@ class CheckpointManager:
 
     def commit(self, version: int) -> None:
         """Make `version` current (its files must all be written), then drop older versions."""
+        fsync_dir(self.path)  # the new version's renames are durable before it is named
         write_text_atomic(self.version_file(), f"{version}\n")
         for f in self.path.glob("*.v*.h5"):
             m = re.search(r"\.v(\d+)\.h5$", f.name)

@@ -37,10 +37,36 @@ def atomic_path(path: Path):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (renames, deletions) where the OS supports it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+IMPORT_MARKER = ".pbg_fast_import_in_progress"
+
+
+def check_no_partial_import(*dirs) -> None:
+    """Refuse data that an interrupted import may have left half old, half new."""
+    for d in dirs:
+        if (Path(d) / IMPORT_MARKER).exists():
+            raise DataError(f"{d}: an import into this directory did not finish "
+                            f"({IMPORT_MARKER} is present); run the import again")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

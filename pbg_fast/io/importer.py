@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import ConfigSchema
-from .files import FORMAT_VERSION, FORMAT_VERSION_ATTR, DataError
+from .files import FORMAT_VERSION, FORMAT_VERSION_ATTR, IMPORT_MARKER, DataError, fsync_dir
 
 
 @dataclass
@@ -200,6 +200,8 @@ def import_from_tsv(
     if len(inputs) != len(config.edge_paths):
         raise DataError(f"edge_paths: the config names {len(config.edge_paths)} edge paths but "
                         f"{len(inputs)} input files were given; they pair up one to one")
+    if config.dynamic_relations and rel_col is None:
+        raise DataError("--rel-col: dynamic_relations needs a relation column")
     cols = _Columns(lhs_col, rhs_col, rel_col, weight_col)
     stats = ImportStats()
     dynamic = config.dynamic_relations
@@ -352,6 +354,13 @@ def import_from_tsv(
         # Relation type names and count, as PBG's importer writes them (dynamic or not).
         (ent_stage / "dynamic_rel_count.txt").write_text(f"{len(rel_list)}\n")
         (ent_stage / "dynamic_rel_names.json").write_text(json.dumps(rel_list))
+        # The move below replaces several files per directory: mark the directories first, so
+        # that a kill half-way leaves data the trainer refuses (files.check_no_partial_import)
+        # rather than old entity files beside new buckets.
+        finals = list(dict.fromkeys(final for _, final in staged))
+        for final in finals:
+            (final / IMPORT_MARKER).write_text("")
+            fsync_dir(final)
         for stage, final in staged:
             # Old bucket files of a previous import would mix with the new ones: remove them.
             if final != ent_dir:
@@ -359,6 +368,10 @@ def import_from_tsv(
                     old.unlink()
             for f in stage.iterdir():
                 os.replace(f, final / f.name)
+            fsync_dir(final)
+        for final in finals:
+            (final / IMPORT_MARKER).unlink()
+            fsync_dir(final)
     finally:
         for stage, _ in staged:
             shutil.rmtree(stage, ignore_errors=True)

@@ -23,7 +23,8 @@ import torch
 from .. import build_info
 from ..config import ConfigSchema
 from ..io.checkpoint import CheckpointManager, operator_params_from_pbg, operator_params_to_pbg
-from ..io.files import DataError, load_dynamic_rel_count, load_edges, load_entity_count
+from ..io.files import (DataError, check_no_partial_import, load_dynamic_rel_count, load_edges,
+                        load_entity_count)
 from ..memory import empty_table
 from ..ops import operator_init_params, operator_num_params
 from .schedule import bucket_order
@@ -202,6 +203,7 @@ class Trainer:
     def train(self) -> List[dict]:
         c = self.config
         ckpt = self.ckpt
+        check_no_partial_import(c.entity_path, *c.edge_paths)
         ckpt.path.mkdir(parents=True, exist_ok=True)
         version = ckpt.load_version()
         model = Model(c, self.num_dynamic_rels)
@@ -234,6 +236,7 @@ class Trainer:
             }
             t_iter = time.perf_counter()
             it_loss, it_count, it_train_s = 0.0, 0, 0.0
+            pending_stats = []  # written after the commit, so a killed iteration leaves none
             for b_idx, (lp, rp) in enumerate(bucket_order(c.bucket_order, nl, nr, self.seed * 7919 + it)):
                 needed = set()
                 for r in c.relations:
@@ -241,15 +244,18 @@ class Trainer:
                     needed.add((r.rhs, rp if c.entities[r.rhs].num_partitions > 1 else 0))
                 store.ensure(needed, meta)
                 edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
+                # The held-out edges must be the same ones in every epoch (as PBG's).
+                holdout_seed = zlib.crc32(f"{self.seed}:{path_idx}:{chunk_idx}:{lp}:{rp}".encode())
                 stats = self._train_bucket(store, model, edges, lp, rp, relation_lr,
-                                           seed=self.seed * 1_000_003 + it * 1009 + b_idx)
+                                           seed=self.seed * 1_000_003 + it * 1009 + b_idx,
+                                           holdout_seed=holdout_seed)
                 it_loss += stats["loss"]
                 it_count += stats["count"]
                 it_train_s += stats["seconds"]
                 rec = dict(kind="bucket", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
                            bucket=[lp, rp], **stats,
                            edges_per_s=stats["count"] / max(stats["seconds"], 1e-9))
-                ckpt.append_stats([rec])
+                pending_stats.append(rec)
                 if self.progress:
                     self.progress(rec)
             # Commit version it + 1: every loaded partition, the untouched ones carried over.
@@ -266,24 +272,25 @@ class Trainer:
                             del store.loaded[(e, p)]
             params, states = model.to_checkpoint()
             ckpt.save_model(it + 1, params, states, meta)
-            ckpt.commit(it + 1)
             last_of_epoch = path_idx == n_paths - 1 and chunk_idx == n_chunks - 1
             if (c.checkpoint_preservation_interval and last_of_epoch
                     and (epoch + 1) % c.checkpoint_preservation_interval == 0):
-                ckpt.snapshot(it + 1, epoch)
+                # Before the commit, so a kill in between retries it; named as PBG names it.
+                ckpt.snapshot(it + 1, epoch + 1)
+            ckpt.commit(it + 1)
             rec = dict(kind="iteration", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
                        loss=it_loss, count=it_count, train_seconds=it_train_s,
                        seconds=time.perf_counter() - t_iter, swaps=store.swaps,
                        swap_seconds=store.swap_seconds,
                        edges_per_s=it_count / max(it_train_s, 1e-9))
-            ckpt.append_stats([rec])
+            ckpt.append_stats(pending_stats + [rec])
             epoch_records.append(rec)
             if self.progress:
                 self.progress(rec)
         return epoch_records
 
     def _train_bucket(self, store: PartitionStore, model: Model, edges, lp: int, rp: int,
-                      relation_lr: float, seed: int) -> dict:
+                      relation_lr: float, seed: int, holdout_seed: int = 0) -> dict:
         c = self.config
         out = dict(loss=0.0, violators_lhs=0, violators_rhs=0, count=0, seconds=0.0)
         if len(edges["lhs"]) == 0:
@@ -302,7 +309,7 @@ class Trainer:
         if c.eval_fraction > 0:
             # PBG holds out eval_fraction of each bucket's edges and evaluates them after the
             # bucket is trained (sampled ranking, eval_num_batch_negs + eval_num_uniform_negs).
-            g = torch.Generator().manual_seed(seed)
+            g = torch.Generator().manual_seed(holdout_seed)
             mask = torch.rand(len(lhs_all), generator=g) < c.eval_fraction
             held_out = (lhs_all[mask], rhs_all[mask], rel_all[mask])
             keep = ~mask
@@ -385,15 +392,20 @@ class Trainer:
                 k = len(hh)
                 # (query vectors, true vectors, candidate table/op) for each side's negatives.
                 sides = []
+                # A side whose negatives are disabled is not ranked (as PBG skips it).
                 if c.dynamic_relations:
-                    sides.append((vec(re, rg, tt, params.rhs, rl), vec(le, lg, hh), le, lg, None))
-                    sides.append((vec(le, lg, hh, params.lhs, rl), vec(re, rg, tt), re, rg, None))
+                    if not c.disable_lhs_negs:
+                        sides.append((vec(re, rg, tt, params.rhs, rl), vec(le, lg, hh), le, lg, None))
+                    if not c.disable_rhs_negs:
+                        sides.append((vec(le, lg, hh, params.lhs, rl), vec(re, rg, tt), re, rg, None))
                 else:
                     zero = torch.zeros(k, dtype=torch.long)
                     dst = vec(re, rg, tt, params.rhs, zero)
                     src = vec(le, lg, hh)
-                    sides.append((dst, src, le, lg, None))
-                    sides.append((src, dst, re, rg, params.rhs))
+                    if not c.disable_lhs_negs:
+                        sides.append((dst, src, le, lg, None))
+                    if not c.disable_rhs_negs:
+                        sides.append((src, dst, re, rg, params.rhs))
                 for q, true, table, glob, op_params in sides:
                     uni = torch.randint(0, len(table), (nu,), generator=g)
                     cand = vec(table, glob, uni, op_params,
@@ -405,7 +417,7 @@ class Trainer:
                     pos = _matched(q, true, c.comparator)
                     ranks.append((scores >= pos.unsqueeze(1)).sum(1) + 1)
         rk = torch.cat(ranks).double()
-        return dict(eval_count=len(rk) // 2, eval_mrr=float((1 / rk).mean()),
+        return dict(eval_count=len(h), eval_mrr=float((1 / rk).mean()),
                     eval_hits10=float((rk <= 10).double().mean()))
 
 
