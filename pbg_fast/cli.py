@@ -17,18 +17,35 @@ def _config_args(p):
                    help="override a config key (dotted path; lists comma-separated)")
 
 
-def _progress_printer(total_hint=None):
-    def show(rec):
+class _Progress:
+    """A tqdm bar per iteration (epoch x edge path x edge chunk) over its buckets, with edges/s
+    and loss per edge; plain lines when tqdm is missing or stderr is not a terminal."""
+
+    def __init__(self):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self.tqdm = tqdm if sys.stderr.isatty() else None
+        self.bar = None
+
+    def __call__(self, rec):
         if rec["kind"] == "bucket":
-            print(f"  bucket {tuple(rec['bucket'])}: {rec['count']:,} edges, loss "
-                  f"{rec['loss'] / max(rec['count'], 1):.4f}/edge, {rec['edges_per_s']:,.0f} edges/s",
-                  file=sys.stderr, flush=True)
-        else:
-            print(f"epoch {rec['epoch']} chunk {rec['edge_chunk']}: {rec['count']:,} edges, "
-                  f"loss {rec['loss'] / max(rec['count'], 1):.4f}/edge, "
-                  f"{rec['edges_per_s']:,.0f} edges/s training, {rec['seconds']:.2f} s wall, "
-                  f"{rec['swaps']} swaps", file=sys.stderr, flush=True)
-    return show
+            if self.tqdm is not None:
+                if self.bar is None:
+                    self.bar = self.tqdm(desc=f"epoch {rec['epoch']} chunk {rec['edge_chunk']}",
+                                         unit="edge", unit_scale=True, leave=False)
+                self.bar.update(rec["count"])
+                self.bar.set_postfix(loss=f"{rec['loss'] / max(rec['count'], 1):.4f}",
+                                     bucket=str(tuple(rec["bucket"])))
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        print(f"epoch {rec['epoch']} chunk {rec['edge_chunk']}: {rec['count']:,} edges, "
+              f"loss {rec['loss'] / max(rec['count'], 1):.4f}/edge, "
+              f"{rec['edges_per_s']:,.0f} edges/s training, {rec['seconds']:.2f} s wall, "
+              f"{rec['swaps']} swaps", file=sys.stderr, flush=True)
 
 
 def cmd_import(a):
@@ -46,7 +63,7 @@ def cmd_import(a):
 def cmd_train(a):
     from .train.trainer import train
     config = load_config(a.config, a.param)
-    recs = train(config, seed=a.seed, progress=None if a.quiet else _progress_printer())
+    recs = train(config, seed=a.seed, progress=None if a.quiet else _Progress())
     for r in recs:
         print(json.dumps(r))
 
