@@ -133,6 +133,25 @@ class ConfigSchema:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # Keys this schema has beyond PyTorch-BigGraph 1.0's (from later PBG versions).
+    NOT_IN_PBG_1_0 = ("regularization_coef", "regularizer", "num_gpus",
+                      "num_groups_for_partition_server", "half_precision")
+
+    def to_pbg_dict(self) -> Dict[str, Any]:
+        """The config as PyTorch-BigGraph 1.0's schema accepts it: keys it does not know are
+        dropped when at their defaults, and refused otherwise (PBG would train differently)."""
+        d = self.to_dict()
+        defaults = {f.name: f.default for f in fields(ConfigSchema)}
+        for key in self.NOT_IN_PBG_1_0:
+            if d[key] != defaults[key]:
+                raise ConfigError(f"{key}: PyTorch-BigGraph 1.0 has no such key; it can only "
+                                  f"be left at {defaults[key]!r} in a config meant for PBG 1.0")
+            del d[key]
+        for name, e in d["entities"].items():
+            if e.pop("dimension") is not None:
+                raise ConfigError(f"entities[{name!r}].dimension: not in PBG 1.0")
+        return d
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=4, sort_keys=True)
 

@@ -121,3 +121,13 @@ def test_torchbiggraph_to_dict_loads(tmp_path):
     raw = dict(PBG_DEFAULTS)
     c = tbg.ConfigSchema.from_dict(raw)
     assert parse_config(c.to_dict()).dimension == 10
+
+
+def test_to_pbg_dict_drops_later_keys_at_defaults():
+    c = parse_config(PBG_DEFAULTS)
+    d = c.to_pbg_dict()
+    assert "num_gpus" not in d and "regularization_coef" not in d
+    assert "dimension" not in d["entities"]["e"]
+    assert set(d) == set(PBG_DEFAULTS)
+    with pytest.raises(ConfigError, match="regularization_coef: PyTorch-BigGraph 1.0 has no such key"):
+        parse_config(dict(PBG_DEFAULTS, regularization_coef=0.1)).to_pbg_dict()
