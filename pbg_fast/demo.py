@@ -23,7 +23,7 @@ def shared_data_dir():
     return Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def planted_graph(path: Path, num_nodes: int, num_communities: int, degree: int, p_in: float,
+def planted_graph(num_nodes: int, num_communities: int, degree: int, p_in: float,
                   seed: int):
     """Nodes in equal communities; each node links to `degree` others, in its own community with
     probability p_in. Returns (train rows, test rows) split 95/5."""
@@ -66,7 +66,7 @@ def base_config(work: Path, **over):
 
 def run_planted(work: Path, partitions: int, quick: bool):
     n = 20_000 if quick else 100_000
-    train_rows, test_rows = planted_graph(work / "g.tsv", n, 200, 10, 0.9, seed=0)
+    train_rows, test_rows = planted_graph(n, 200, 10, 0.9, seed=0)
     write_tsv(work / "train.tsv", train_rows)
     write_tsv(work / "test.tsv", test_rows)
     cfg = base_config(work, entities={"node": {"num_partitions": partitions}},

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def planted_setup(tmp_path, parts=1, epochs=6, **over):
-    train_rows, test_rows = planted_graph(tmp_path / "g.tsv", 3000, 30, 10, 0.9, seed=1)
+    train_rows, test_rows = planted_graph(3000, 30, 10, 0.9, seed=1)
     write_tsv(tmp_path / "train.tsv", train_rows)
     write_tsv(tmp_path / "test.tsv", test_rows)
     raw = dict(

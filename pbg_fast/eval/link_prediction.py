@@ -79,14 +79,6 @@ def _metrics(ranks: torch.Tensor, auc_sum: float, auc_n: int) -> Dict[str, float
                 auc=auc_sum / auc_n if auc_n else float("nan"))
 
 
-def _sides(config, rel_idx):
-    """(tail-prediction query side, candidate side) operators per PBG's model."""
-    if config.dynamic_relations:
-        # forward: op on rhs, lhs negatives; reverse: op on lhs, rhs negatives
-        return dict(tail=("lhs", "none"), head=("none", "rhs"))
-    return dict(tail=("none", "rhs"), head=("none", "rhs"))
-
-
 @torch.no_grad()
 def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, filtered: bool = False,
              filter_paths: Sequence[str] = (), batch: int = 1000, seed: int = 0,
@@ -112,6 +104,7 @@ def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, f
         rel_ids = torch.full_like(lhs, r)
         # Both directions: predict the rhs given lhs ("tail"), and the lhs given rhs ("head").
         dyn = config.dynamic_relations
+        all_cands = {}  # filtered: every entity of a side, prepared once per relation
         for start in range(0, len(lhs), batch):
             h, t, rr = lhs[start:start + batch], rhs[start:start + batch], rel_ids[start:start + batch]
             for direction in ("tail", "head"):
@@ -125,24 +118,17 @@ def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, f
                     cand_entity, n_cand, cand_op, true_ids, q_ids = rc.lhs, nl, "none", h, t
                 pos = model.matched(q, true)
                 if filtered:
-                    if dyn or cand_op == "none":
-                        cand = model.side_vectors(r, torch.full((n_cand,), r), cand_entity,
-                                                  torch.arange(n_cand), cand_op)
-                    else:
-                        cand = model.side_vectors(r, torch.full((n_cand,), r), cand_entity,
-                                                  torch.arange(n_cand), cand_op)
-                    scores = model.pairwise(q, cand)
+                    if direction not in all_cands:
+                        all_cands[direction] = model.side_vectors(
+                            r, torch.full((n_cand,), r), cand_entity, torch.arange(n_cand), cand_op)
+                    scores = model.pairwise(q, all_cands[direction])
                     key = "t" if direction == "tail" else "h"
                     for i in range(len(q)):
                         others = known[(key, int(q_ids[i]), r)] - {int(true_ids[i])}
                         if others:
                             scores[i, list(others)] = -math.inf
                         scores[i, true_ids[i]] = -math.inf
-                    greater = (scores > pos.unsqueeze(1)).sum(1)
-                    ranks = greater + 1
-                    valid = torch.isfinite(scores)
-                    auc[r][0] += float(((pos.unsqueeze(1) > scores) & valid).sum())
-                    auc[r][1] += int(valid.sum())
+                    ranks = (scores > pos.unsqueeze(1)).sum(1) + 1
                 else:
                     nb = config.eval_num_batch_negs or 0
                     nu = config.eval_num_uniform_negs or 0
@@ -154,9 +140,9 @@ def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, f
                         k = min(nb, len(q))
                         scores[torch.arange(k), torch.arange(k)] = -math.inf  # the edge itself
                     ranks = (scores >= pos.unsqueeze(1)).sum(1) + 1
-                    valid = torch.isfinite(scores)
-                    auc[r][0] += float(((pos.unsqueeze(1) > scores) & valid).sum())
-                    auc[r][1] += int(valid.sum())
+                valid = torch.isfinite(scores)
+                auc[r][0] += float(((pos.unsqueeze(1) > scores) & valid).sum())
+                auc[r][1] += int(valid.sum())
                 per_rel[r].append(ranks)
     results = {}
     all_ranks, tot_auc, tot_n = [], 0.0, 0

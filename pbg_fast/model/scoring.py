@@ -10,6 +10,18 @@ from ..config import ConfigSchema
 from .reference import _pairwise, operator_forward, prepare
 
 
+def prepared_vectors(table: torch.Tensor, glob, ids: torch.Tensor, operator: str, op_params,
+                     rels, comparator: str) -> torch.Tensor:
+    """prepare(op(table[ids] + glob)): what the comparator scores for entities on one side.
+    `glob` (global embedding) and `op_params` may be None (no global vector / no operator)."""
+    x = table[ids]
+    if glob is not None:
+        x = x + glob
+    if op_params is not None:
+        x = operator_forward(x, op_params, rels, operator)
+    return prepare(x, comparator)
+
+
 class LoadedModel:
     """All partitions of every entity type concatenated (global ids: partition-major), plus the
     relation parameters and global embeddings, read from a checkpoint."""
@@ -34,11 +46,6 @@ class LoadedModel:
         base = torch.tensor(self.part_offsets[entity], dtype=torch.long)
         return base[part] + offset
 
-    def embed(self, entity: str, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings[entity][ids]
-        g = self.global_embs.get(entity)
-        return x + g if g is not None else x
-
     def side_vectors(self, rel_idx: int, rel_ids: torch.Tensor, entity: str, ids: torch.Tensor,
                      side: str) -> torch.Tensor:
         """Prepared vectors of entities on one side of relation rel_idx. With static relations the
@@ -47,12 +54,10 @@ class LoadedModel:
         c = self.config
         rc = c.relations[0 if c.dynamic_relations else rel_idx]
         rp = self.relations[0 if c.dynamic_relations else rel_idx]
-        x = self.embed(entity, ids)
-        if side != "none":
-            params = rp.rhs if side == "rhs" else rp.lhs
-            r = rel_ids if c.dynamic_relations else torch.zeros(len(ids), dtype=torch.long)
-            x = operator_forward(x, params, r, rc.operator)
-        return prepare(x, c.comparator)
+        params = None if side == "none" else (rp.rhs if side == "rhs" else rp.lhs)
+        r = rel_ids if c.dynamic_relations else torch.zeros(len(ids), dtype=torch.long)
+        return prepared_vectors(self.embeddings[entity], self.global_embs.get(entity), ids,
+                                rc.operator, params, r, c.comparator)
 
     def pairwise(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """[B, D] x [N, D] -> [B, N] scores."""

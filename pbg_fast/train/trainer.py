@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import h5py
 import numpy as np
 import torch
 
@@ -190,7 +191,6 @@ class Trainer:
         most = 0
         for path in c.edge_paths:
             for f in Path(path).glob("edges_*_*.h5"):
-                import h5py
                 with h5py.File(f, "r") as hf:
                     most = max(most, hf["rel"].shape[0])
         return max(1, math.ceil(most / c.max_edges_per_chunk))
@@ -315,10 +315,8 @@ class Trainer:
             keep = ~mask
             lhs_all, rhs_all, rel_all = lhs_all[keep], rhs_all[keep], rel_all[keep]
             w_all = w_all[keep] if w_all is not None else None
-        if c.dynamic_relations:
-            groups = [(0, slice(None))]
-        elif len(c.relations) == 1:
-            groups = [(0, slice(None))]  # no grouping (and no copies) needed
+        if c.dynamic_relations or len(c.relations) == 1:
+            groups = [(0, slice(None))]  # one relation entry: no grouping (and no copies)
         else:
             order = torch.argsort(rel_all, stable=True)
             lhs_all, rhs_all, rel_all = lhs_all[order], rhs_all[order], rel_all[order]
@@ -362,7 +360,8 @@ class Trainer:
     @torch.no_grad()
     def _eval_held_out(self, store, model, lhs, rhs, rel, lp, rp, seed) -> dict:
         """Sampled ranking of held-out edges against in-chunk + uniform negatives per side."""
-        from ..model.reference import _matched, _pairwise, operator_forward, prepare
+        from ..model.reference import _matched, _pairwise
+        from ..model.scoring import prepared_vectors
         c = self.config
         g = torch.Generator().manual_seed(seed + 1)
         ranks = []
@@ -378,12 +377,8 @@ class Trainer:
             params = model.relations[rel_id]
 
             def vec(table, glob, ids, op_params=None, rels=None):
-                x = table[ids]
-                if glob is not None:
-                    x = x + glob
-                if op_params is not None:
-                    x = operator_forward(x, op_params, rels, r.operator)
-                return prepare(x, c.comparator)
+                return prepared_vectors(table, glob, ids, r.operator, op_params, rels,
+                                        c.comparator)
 
             nb, nu = c.eval_num_batch_negs or 0, c.eval_num_uniform_negs or 0
             chunk = nb if nb else max(nu, 1)
