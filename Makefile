@@ -28,7 +28,7 @@ $(VENV)/.deps: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# Keep an existing torch (a CUDA build, say); otherwise take the pinned CPU build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q numpy h5py pandas tqdm pybind11 ninja pytest "setuptools>=64" wheel
+	$(PIP) install -q numpy h5py pyarrow tqdm pybind11 ninja pytest "setuptools>=64" wheel
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps

@@ -129,3 +129,35 @@ def test_interrupted_import_is_refused_by_the_trainer(tmp_path):
     (tmp_path / "edges0" / IMPORT_MARKER).write_text("")  # as a kill mid-move leaves it
     with pytest.raises(DataError, match="an import into this directory did not finish"):
         train(cfg)
+
+
+def test_many_blocks_merges_and_spills_match_one_block(tmp_path, monkeypatch):
+    """Small parse blocks, a name-table merge after every block and every block spilled to
+    disk give the same import as one block in memory."""
+    from pbg_fast.io import importer
+    rng = np.random.default_rng(1)
+    rows = [(f"n{a}", f"r{b}", f"n{c}") for a, b, c in
+            zip(rng.zipf(1.5, 3000) % 400, rng.integers(0, 4, 3000), rng.integers(0, 700, 3000))]
+    (tmp_path / "in.tsv").write_text("".join(f"{l}\t{r}\t{t}\n" for l, r, t in rows))
+
+    def run(sub):
+        cfg = parse_config(dict(
+            entities={"node": {"num_partitions": 3}},
+            relations=[{"name": "all", "lhs": "node", "rhs": "node"}], dynamic_relations=True,
+            global_emb=False, dimension=8, entity_path=str(tmp_path / sub / "ent"),
+            edge_paths=[str(tmp_path / sub / "edges")], checkpoint_path=str(tmp_path / sub / "ck")))
+        st = import_from_tsv(cfg, [str(tmp_path / "in.tsv")], 0, 2, 1, entity_min_count=2,
+                             block_bytes=1 << 20 if sub == "one" else 512)
+        rels = json.loads(open(f"{cfg.entity_path}/dynamic_rel_names.json").read())
+        return st, [(l, rels[r], t) for l, r, t in read_back(cfg, 3)]
+
+    st1, edges1 = run("one")
+    monkeypatch.setattr(importer._NameTable, "MERGE_AT", 1)
+    monkeypatch.setattr(importer._Spill, "BUDGET", 0)
+    st2, edges2 = run("many")
+    names = [x for l, _, t in rows for x in (l, t)]
+    kept = {x for x in names if names.count(x) >= 2}
+    expect = sorted((l, r, t) for l, r, t in rows if l in kept and t in kept)
+    assert edges1 == edges2 == expect
+    assert st1.entities == st2.entities == {"node": len(kept)}
+    assert st1.dropped_edges == st2.dropped_edges == len(rows) - len(expect)

@@ -1,19 +1,20 @@
 """Import TSV edge lists into PBG 1.0's partitioned on-disk layout, streaming.
 
-Two passes over each input, in chunks of rows parsed by pandas' C reader (memory is bounded by
-the chunk size plus the entity dictionaries): the first counts entities and relation types, the
-second maps names to (partition, offset) and appends each edge to its bucket file. Partitions
-are assigned at random (seeded). All outputs are staged in hidden temporary files and renamed
-into place only when everything succeeded: a malformed line leaves nothing half-written.
+One parse of each input, in blocks read by Arrow's multi-threaded C++ CSV reader: each block's
+names are dictionary-encoded in C++ into local integer codes, which are kept (or spilled to disk
+past a memory budget), and merged into one name table per entity type. Memory is bounded by the
+block size, the name tables (compact Arrow strings) and the integer codes. Then partitions are
+assigned at random (seeded), and a second pass over the integers maps them to (partition,
+offset) and appends each edge to its bucket file. All outputs are staged in hidden temporary
+files and renamed into place only when everything succeeded: a malformed line leaves nothing
+half-written.
 
 Malformed lines (wrong column count, empty field, bad weight, undecodable bytes) fail with
 file:line, or with skip_bad_lines=True are skipped and counted.
 """
 
-import csv
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -23,7 +24,9 @@ from typing import Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from ..config import ConfigSchema
 from .files import FORMAT_VERSION, FORMAT_VERSION_ATTR, IMPORT_MARKER, DataError, fsync_dir
@@ -67,10 +70,18 @@ def _line_error(path: str, line_no: int, line: bytes, cols: _Columns, delimiter:
     return None
 
 
-def _iter_chunks_slow(path: str, cols: _Columns, delimiter: str, chunk_rows: int,
-                      skip_bad: bool, stats: ImportStats, count_lines: bool):
-    """Line by line in Python: exact diagnostics, and the skip-bad-lines mode."""
+def _iter_batches_slow(path: str, cols: _Columns, delimiter: str, chunk_rows: int,
+                       skip_bad: bool, stats: ImportStats, count_lines: bool):
+    """Line by line in Python: exact diagnostics, and the skip-bad-lines mode. Yields the same
+    {column: Arrow array} batches as the fast path."""
     rows, line_no = [], 0
+
+    def batch():
+        out = {c: pa.array([r[i] for r in rows], pa.string()) for i, c in enumerate(cols.used)}
+        if cols.weight is not None:
+            out[cols.weight] = out[cols.weight].cast(pa.float32())
+        return out
+
     with open(path, "rb") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -85,40 +96,57 @@ def _iter_chunks_slow(path: str, cols: _Columns, delimiter: str, chunk_rows: int
             fields = line.decode("utf-8").rstrip("\r\n").split(delimiter)
             rows.append([fields[c] for c in cols.used])
             if len(rows) >= chunk_rows:
-                yield pd.DataFrame(rows, columns=cols.used)
+                yield batch()
                 rows = []
     if rows:
-        yield pd.DataFrame(rows, columns=cols.used)
+        yield batch()
 
 
-def _iter_chunks(path: str, cols: _Columns, delimiter: str, chunk_rows: int, skip_bad: bool,
-                 stats: ImportStats, count_lines: bool):
-    """DataFrames of the used columns (strings). The fast path is pandas' C reader; on any
-    parse problem the slow path re-reads the file to name the offending line."""
+def _iter_batches(path: str, cols: _Columns, delimiter: str, block_bytes: int, skip_bad: bool,
+                  stats: ImportStats):
+    """{column: Arrow array} batches of the used columns (strings; the weight as float32). The
+    fast path is Arrow's multi-threaded C++ CSV reader; on any parse problem the slow path
+    re-reads the file to name the offending line."""
     if skip_bad:
-        yield from _iter_chunks_slow(path, cols, delimiter, chunk_rows, True, stats, count_lines)
+        yield from _iter_batches_slow(path, cols, delimiter, 1 << 20, True, stats, True)
         return
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such input file")
-    try:
-        reader = pd.read_csv(
-            path, sep=delimiter, header=None, dtype=str, usecols=cols.used, chunksize=chunk_rows,
-            engine="c", na_filter=True, keep_default_na=False, na_values=[""],
-            quoting=csv.QUOTE_NONE, encoding="utf-8", skip_blank_lines=True,
-        )
-        for chunk in reader:
-            if chunk.isna().to_numpy().any():
-                raise ValueError("empty or missing field")
-            if cols.weight is not None:
-                pd.to_numeric(chunk[cols.weight], errors="raise")
-            yield chunk
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        # Find and name the first bad line (re-reading: correctness over speed here).
-        for _ in _iter_chunks_slow(path, cols, delimiter, chunk_rows, False, stats, False):
-            pass
-        raise DataError(f"{path}: malformed input ({e})") from None
-    except pd.errors.EmptyDataError:
+    if os.path.getsize(path) == 0:
         return
+    names = {c: f"f{c}" for c in cols.used}
+    types = {names[c]: pa.string() for c in cols.used}
+    if cols.weight is not None:
+        types[names[cols.weight]] = pa.float32()
+    yielded = False
+    try:
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(autogenerate_column_names=True, block_size=block_bytes,
+                                            use_threads=True),
+            parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False,
+                                              double_quote=False, escape_char=False,
+                                              newlines_in_values=False, ignore_empty_lines=True),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=[names[c] for c in cols.used], column_types=types,
+                strings_can_be_null=False, quoted_strings_can_be_null=False, null_values=[]),
+        )
+        for rb in reader:
+            out = {c: rb.column(names[c]) for c in cols.used}
+            for c in cols.used:
+                if c != cols.weight and len(out[c]) and pc.min(pc.binary_length(out[c])).as_py() == 0:
+                    raise ValueError(f"empty field in column {c}")
+            yielded = True
+            yield out
+    except (ValueError, UnicodeDecodeError, pa.ArrowException) as e:
+        # Find and name the first bad line (re-reading: correctness over speed here).
+        if yielded:
+            for _ in _iter_batches_slow(path, cols, delimiter, 1 << 20, False, stats, False):
+                pass
+            raise DataError(f"{path}: malformed input ({e})") from None
+        # Nothing consumed yet (or a file Arrow cannot start on, e.g. only blank lines): the
+        # slow path either names the bad line or yields the rows.
+        yield from _iter_batches_slow(path, cols, delimiter, 1 << 20, False, stats, False)
 
 
 class _BucketWriter:
@@ -151,27 +179,84 @@ class _BucketWriter:
             hf.close()
 
 
-class _Dictionary:
-    """Names -> provisional ids in first-seen order, with occurrence counts."""
+class _NameTable:
+    """Names -> ids in first-seen order, hashed in C++ (Arrow), never as Python strings.
+
+    Each batch registers its own dictionary (the distinct names of the batch, from
+    `pc.dictionary_encode`) and keeps its local codes. Pending dictionaries are merged into the
+    table by re-encoding [table, pending...]: the table comes first and is already distinct, so
+    its ids never change, and each pending dictionary gets its local -> global map. Merging when
+    the pending names outnumber the table keeps the total work linear in the input.
+    """
+
+    MERGE_AT = 1 << 22  # pending names that trigger a merge, at least (tests lower it)
 
     def __init__(self):
-        self.ids: Dict[str, int] = {}
-        self.counts = np.zeros(1024, np.int64)
+        self.names = pa.array([], pa.large_string())
+        self.counts = np.zeros(0, np.int64)
+        self.maps: List[Optional[np.ndarray]] = []
+        self._pending: List[Tuple[int, pa.Array, np.ndarray]] = []
+        self._pending_len = 0
 
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        codes, uniques = pd.factorize(values)  # C hashing of the chunk's strings
-        ids = self.ids
-        # One dict operation per distinct name of the chunk, not per line.
-        to_global = np.fromiter((ids.setdefault(u, len(ids)) for u in uniques), np.int64,
-                                len(uniques))
-        out = to_global[codes]
-        if len(ids) > len(self.counts):
-            self.counts = np.concatenate([self.counts, np.zeros(len(ids) * 2 - len(self.counts), np.int64)])
-        self.counts[: len(ids)] += np.bincount(out, minlength=len(ids))
-        return out
+    def add(self, uniques: pa.Array, local_counts: np.ndarray) -> int:
+        """Registers one batch's dictionary; returns its slot (for `maps`)."""
+        slot = len(self.maps)
+        self.maps.append(None)
+        self._pending.append((slot, uniques.cast(pa.large_string()), local_counts))
+        self._pending_len += len(uniques)
+        if self._pending_len > max(len(self.names), self.MERGE_AT):
+            self.merge()
+        return slot
 
-    def names(self) -> List[str]:
-        return list(self.ids)
+    def merge(self) -> None:
+        if not self._pending:
+            return
+        enc = pc.dictionary_encode(pa.concat_arrays([self.names] + [u for _, u, _ in self._pending]))
+        idx = enc.indices.to_numpy()
+        off = len(self.names)
+        self.names = enc.dictionary
+        counts = np.zeros(len(self.names), np.int64)
+        counts[: len(self.counts)] = self.counts
+        for slot, u, cnt in self._pending:
+            m = idx[off: off + len(u)].astype(np.int64)
+            off += len(u)
+            self.maps[slot] = m
+            counts[m] += cnt  # a batch's names are distinct, so are their ids
+        self.counts = counts
+        self._pending, self._pending_len = [], 0
+
+
+def _encode(values: pa.Array) -> Tuple[np.ndarray, pa.Array, np.ndarray]:
+    """(local int32 codes, distinct values in first-seen order, their counts) of one batch."""
+    enc = pc.dictionary_encode(values)
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return codes, enc.dictionary, np.bincount(codes, minlength=len(enc.dictionary))
+
+
+class _Spill:
+    """Per-batch integer arrays: kept in memory up to a budget, then in .npz files."""
+
+    BUDGET = 512 << 20  # bytes held in memory before spilling to disk (tests lower it)
+
+    def __init__(self, directory: Path):
+        self.dir, self.budget, self.used, self.files = directory, self.BUDGET, 0, 0
+
+    def put(self, arrays: Dict[str, np.ndarray]):
+        size = sum(a.nbytes for a in arrays.values())
+        if self.used + size <= self.budget:
+            self.used += size
+            return arrays
+        f = self.dir / f"{self.files}.npz"
+        self.files += 1
+        np.savez(f, **arrays)
+        return f
+
+    @staticmethod
+    def get(handle) -> Dict[str, np.ndarray]:
+        if isinstance(handle, dict):
+            return handle
+        with np.load(handle) as z:
+            return {k: z[k] for k in z.files}
 
 
 def import_from_tsv(
@@ -185,16 +270,17 @@ def import_from_tsv(
     relation_type_min_count: int = 1,
     entity_min_count: int = 1,
     skip_bad_lines: bool = False,
-    chunk_rows: int = 1 << 20,
+    block_bytes: int = 16 << 20,
     seed: int = 0,
 ) -> ImportStats:
     """Writes the entity files to config.entity_path and inputs[i]'s edges to
     config.edge_paths[i] (as torchbiggraph_import_from_tsv does).
 
-    One parse: each chunk's names become provisional integer ids (a dictionary per entity type
-    and one for relations), spilled with the chunk to a temporary file. Then partitions are
-    assigned, and a second pass over the integers only maps them to (partition, offset) and
-    appends each edge to its bucket.
+    One parse (Arrow's threaded C++ reader, in blocks of `block_bytes`): each block's names are
+    dictionary-encoded in C++ into local integer codes, kept (or spilled) with the block, and
+    merged into one name table per entity type (see _NameTable). Then partitions are assigned,
+    and a second pass over the integers only maps them to (partition, offset) and appends each
+    edge to its bucket.
     """
     t0 = time.perf_counter()
     if len(inputs) != len(config.edge_paths):
@@ -206,12 +292,10 @@ def import_from_tsv(
     stats = ImportStats()
     dynamic = config.dynamic_relations
     rel_names_cfg = [r.name for r in config.relations]
-    ents = {e: _Dictionary() for e in config.entities}
-    rels = _Dictionary()
-    if not dynamic:  # static relations: ids are the config's indices
-        for name in rel_names_cfg:
-            rels.ids.setdefault(name, len(rels.ids))
-        rels.counts = np.zeros(max(1024, len(rels.ids)), np.int64)
+    ents = {e: _NameTable() for e in config.entities}
+    # Relation names are few: a Python dict (static relations: the config's indices).
+    rel_ids: Dict[str, int] = {} if dynamic else {n: i for i, n in enumerate(rel_names_cfg)}
+    rel_counts = np.zeros(max(1, len(rel_ids)), np.int64)
     side_types = [(r.lhs, r.rhs) for r in config.relations]
     single_type = len({t for pair in side_types for t in pair}) == 1
     rel_lhs_type = np.array([config.relations[0 if dynamic else i].lhs for i in range(len(rel_names_cfg))])
@@ -219,59 +303,71 @@ def import_from_tsv(
 
     staged: List[Tuple[Path, Path]] = []  # (staging dir, final dir)
     spill_dir = Path(tempfile.mkdtemp(prefix="pbg_fast_import_"))
+    spill = _Spill(spill_dir)
     try:
-        # ---- pass 1: parse once; provisional ids to spill files ----
-        spills: List[List[Path]] = []
+        # ---- pass 1: parse once; local codes per batch, name tables merged in C++ ----
+        batches: List[List[Tuple[object, Dict[str, int]]]] = []  # per input: (spill handle, slots)
         for path in inputs:
-            files = []
-            for chunk in _iter_chunks(path, cols, delimiter, chunk_rows, skip_bad_lines, stats, True):
+            per_input = []
+            for batch in _iter_batches(path, cols, delimiter, block_bytes, skip_bad_lines, stats):
+                n = len(batch[lhs_col])
                 first_row = stats.lines
-                stats.lines += len(chunk)
+                stats.lines += n
                 if rel_col is not None:
-                    rel_values = chunk[rel_col].to_numpy()
-                    if dynamic:
-                        rel = rels.encode(rel_values)
-                    else:
-                        codes, uniques = pd.factorize(rel_values)
-                        bad = [u for u in uniques if u not in rels.ids]
+                    r_codes, r_uniques, _ = _encode(batch[rel_col])
+                    names = r_uniques.to_pylist()
+                    if not dynamic:
+                        bad = [u for u in names if u not in rel_ids]
                         if bad:
-                            pos = int(np.argmax(rel_values == bad[0]))
+                            pos = int(np.argmax(r_codes == names.index(bad[0])))
                             raise DataError(f"{path}: relation {bad[0]!r} (data row {first_row + pos + 1}) "
                                             f"is not among the config's relations {rel_names_cfg}")
-                        rel = np.array([rels.ids[u] for u in uniques], np.int64)[codes]
-                        rels.counts[: len(rels.ids)] += np.bincount(rel, minlength=len(rels.ids))
+                    to_global = np.array([rel_ids.setdefault(u, len(rel_ids)) for u in names], np.int64)
+                    rel = to_global[r_codes]
                 else:
-                    rel = np.zeros(len(chunk), np.int64)
-                    rels.counts[0] += len(chunk)
-                lhs_vals, rhs_vals = chunk[lhs_col].to_numpy(), chunk[rhs_col].to_numpy()
+                    rel = np.zeros(n, np.int64)
+                if len(rel_ids) > len(rel_counts):
+                    rel_counts = np.concatenate([rel_counts, np.zeros(len(rel_ids), np.int64)])
+                rel_counts[: max(1, len(rel_ids))] += np.bincount(rel, minlength=max(1, len(rel_ids)))
+                lhs_vals, rhs_vals = batch[lhs_col], batch[rhs_col]
+                arrays = {"rel": rel}
+                slots = {}
                 if single_type:
                     etype = side_types[0][0]
-                    both = ents[etype].encode(np.concatenate([lhs_vals, rhs_vals]))
-                    lhs_id, rhs_id = both[: len(chunk)], both[len(chunk):]
+                    codes, uniques, cnt = _encode(pa.concat_arrays([lhs_vals, rhs_vals]))
+                    slots[etype] = ents[etype].add(uniques, cnt)
+                    arrays["lhs"], arrays["rhs"] = codes[:n], codes[n:]
                 else:
-                    lhs_id = np.empty(len(chunk), np.int64)
-                    rhs_id = np.empty(len(chunk), np.int64)
-                    rel_cfg = np.zeros(len(chunk), np.int64) if dynamic else rel
+                    # Each entity type encodes the lhs / rhs values of the rows whose relation
+                    # puts that type there; codes are local to the (type, batch) dictionary.
+                    lhs_code = np.full(n, -1, np.int32)
+                    rhs_code = np.full(n, -1, np.int32)
+                    rel_cfg = np.zeros(n, np.int64) if dynamic else rel
+                    lt, rt = rel_lhs_type[rel_cfg], rel_rhs_type[rel_cfg]
                     for etype in config.entities:
-                        for vals, ids, types in ((lhs_vals, lhs_id, rel_lhs_type),
-                                                 (rhs_vals, rhs_id, rel_rhs_type)):
-                            m = types[rel_cfg] == etype
-                            if m.any():
-                                ids[m] = ents[etype].encode(vals[m])
-                weight = (chunk[weight_col].to_numpy(dtype=np.float32)
-                          if weight_col is not None else None)
-                f = spill_dir / f"{len(spills)}_{len(files)}.npz"
-                np.savez(f, lhs=lhs_id, rhs=rhs_id, rel=rel,
-                         **({"weight": weight} if weight is not None else {}))
-                files.append(f)
-            spills.append(files)
+                        ml, mr = lt == etype, rt == etype
+                        if not (ml.any() or mr.any()):
+                            continue
+                        codes, uniques, cnt = _encode(pa.concat_arrays(
+                            [lhs_vals.filter(pa.array(ml)), rhs_vals.filter(pa.array(mr))]))
+                        slots[etype] = ents[etype].add(uniques, cnt)
+                        k = int(ml.sum())
+                        lhs_code[ml], rhs_code[mr] = codes[:k], codes[k:]
+                    arrays["lhs"], arrays["rhs"] = lhs_code, rhs_code
+                if weight_col is not None:
+                    arrays["weight"] = batch[weight_col].to_numpy(zero_copy_only=False).astype(
+                        np.float32, copy=False)
+                per_input.append((spill.put(arrays), slots))
+            batches.append(per_input)
+        for t in ents.values():
+            t.merge()
 
         # ---- dictionaries: min counts, random partitions ----
-        rng = random.Random(seed)
-        n_rel = len(rels.ids)
-        rel_keep = (rels.counts[:n_rel] >= relation_type_min_count) if dynamic else np.ones(n_rel, bool)
-        rel_list_prov = rels.names()
-        rel_final = np.full(n_rel, -1, np.int64)
+        rng = np.random.default_rng(seed)
+        n_rel = len(rel_ids)
+        rel_list_prov = list(rel_ids)
+        rel_keep = (rel_counts[:n_rel] >= relation_type_min_count) if dynamic else np.ones(n_rel, bool)
+        rel_final = np.full(max(1, n_rel), -1, np.int64)
         kept_rels = [i for i in range(n_rel) if rel_keep[i]]
         if dynamic:
             kept_rels.sort(key=lambda i: rel_list_prov[i])
@@ -280,56 +376,58 @@ def import_from_tsv(
         rel_list = [rel_list_prov[i] for i in kept_rels]
         part_of, off_of, parts_of = {}, {}, {}
         for etype, ec in config.entities.items():
-            d = ents[etype]
-            names = d.names()
-            keep = np.flatnonzero(d.counts[: len(names)] >= entity_min_count).tolist()
-            rng.shuffle(keep)
+            t = ents[etype]
+            keep = rng.permutation(np.flatnonzero(t.counts >= entity_min_count))
             p = ec.num_partitions
-            part = np.full(len(names), -1, np.int64)
-            off = np.full(len(names), -1, np.int64)
+            part = np.full(len(t.names), -1, np.int64)
+            off = np.full(len(t.names), -1, np.int64)
             split = []
             for i in range(p):
                 members = keep[i * len(keep) // p:(i + 1) * len(keep) // p]
                 part[members] = i
                 off[members] = np.arange(len(members))
-                split.append([names[m] for m in members])
+                split.append(members)
             part_of[etype], off_of[etype], parts_of[etype] = part, off, split
             stats.entities[etype] = len(keep)
-            d.ids = None  # the strings are no longer needed
 
         # ---- pass 2: integers only, into staged bucket files ----
         nr = max(e.num_partitions for e in config.entities.values())
-        for files, out_dir in zip(spills, config.edge_paths):
+        for per_input, out_dir in zip(batches, config.edge_paths):
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix=".pbg_fast_import.", dir=out))
             staged.append((stage, out))
             writer = _BucketWriter(stage, weight_col is not None)
             try:
-                for f in files:
-                    z = np.load(f)
-                    lhs_id, rhs_id, rel = z["lhs"], z["rhs"], z["rel"]
+                for handle, slots in per_input:
+                    z = spill.get(handle)
+                    lhs_code, rhs_code, rel = z["lhs"], z["rhs"], z["rel"]
                     weight = z["weight"] if weight_col is not None else None
-                    rel_cfg = np.zeros(len(rel), np.int64) if dynamic else rel
                     if single_type:
                         etype = side_types[0][0]
-                        lp, lo = part_of[etype][lhs_id], off_of[etype][lhs_id]
-                        rp, ro = part_of[etype][rhs_id], off_of[etype][rhs_id]
+                        to_global = ents[etype].maps[slots[etype]]
+                        lg, rg = to_global[lhs_code], to_global[rhs_code]
+                        lp, lo = part_of[etype][lg], off_of[etype][lg]
+                        rp, ro = part_of[etype][rg], off_of[etype][rg]
                     else:
+                        rel_cfg = np.zeros(len(rel), np.int64) if dynamic else rel
                         lp, lo, rp, ro = (np.full(len(rel), -1, np.int64) for _ in range(4))
-                        for etype in config.entities:
-                            for ids, pp, oo, types in ((lhs_id, lp, lo, rel_lhs_type),
-                                                       (rhs_id, rp, ro, rel_rhs_type)):
+                        for etype, slot in slots.items():
+                            to_global = ents[etype].maps[slot]
+                            for codes, pp, oo, types in ((lhs_code, lp, lo, rel_lhs_type),
+                                                         (rhs_code, rp, ro, rel_rhs_type)):
                                 m = types[rel_cfg] == etype
-                                pp[m] = part_of[etype][ids[m]]
-                                oo[m] = off_of[etype][ids[m]]
+                                g = to_global[codes[m]]
+                                pp[m] = part_of[etype][g]
+                                oo[m] = off_of[etype][g]
                     new_rel = rel_final[rel]
                     keep = (lo >= 0) & (ro >= 0) & (new_rel >= 0)
                     stats.dropped_edges += int((~keep).sum())
                     idx = np.flatnonzero(keep)
                     key = lp[idx] * nr + rp[idx]
-                    order = np.argsort(key, kind="stable")
-                    idx, key = idx[order], key[order]
+                    if nr > 1:
+                        order = np.argsort(key, kind="stable")
+                        idx, key = idx[order], key[order]
                     bounds = np.flatnonzero(np.diff(key)) + 1
                     for seg in np.split(np.arange(len(idx)), bounds):
                         if len(seg) == 0:
@@ -348,7 +446,8 @@ def import_from_tsv(
         ent_stage = Path(tempfile.mkdtemp(prefix=".pbg_fast_import.", dir=ent_dir))
         staged.append((ent_stage, ent_dir))
         for etype, split in parts_of.items():
-            for i, names in enumerate(split):
+            for i, members in enumerate(split):
+                names = ents[etype].names.take(pa.array(members)).to_pylist()
                 (ent_stage / f"entity_count_{etype}_{i}.txt").write_text(f"{len(names)}\n")
                 (ent_stage / f"entity_names_{etype}_{i}.json").write_text(json.dumps(names))
         # Relation type names and count, as PBG's importer writes them (dynamic or not).
