@@ -271,8 +271,11 @@ def validate(c: ConfigSchema) -> ConfigSchema:
         if r.operator == "complex_diagonal" and c.dimension % 2:
             raise ConfigError(f"{p}.operator: complex_diagonal needs an even dimension, "
                               f"got {c.dimension}")
-        if r.all_negs:
-            raise ConfigError(f"{p}.all_negs: all_negs is not supported by pbg_fast yet")
+        if r.all_negs and not c.dynamic_relations and r.operator != "none" and not c.disable_rhs_negs:
+            raise ConfigError(f"{p}.all_negs: with static relations all_negs needs operator "
+                              f"'none' (the operator acts on every rhs negative); use "
+                              f"dynamic_relations=True, where each direction takes its negatives "
+                              f"on the side without the operator")
     if c.dynamic_relations and len(c.relations) != 1:
         raise ConfigError("relations: with dynamic_relations there must be exactly one relation")
     if c.dynamic_relations and c.global_emb:

@@ -125,20 +125,25 @@ def chunk_step(
     chunk must hold one relation when dst_uniform is not empty).
     Negatives: src_uniform [C, Us], dst_uniform [C, Ud] int64 rows of each table; per side
     src_mode/dst_mode: 'batch_uniform' = the chunk's own positives (the same edge masked) + the
-    uniform ones, 'uniform' = the uniform ones only, 'skip' = no scores and no loss for that side.
+    uniform ones, 'uniform' = the uniform ones only, 'skip' = no scores and no loss for that side,
+    'all' = every row of that side's table (PBG's all_negs; the positive's own row masked; the
+    side's uniform must be [C, 0]; on the dst side only with operator 'none').
     N3 regularisation (reg_coef > 0): reg_coef * sum of m^3 over each positive's src and dst rows
     as stored and over its relation's parameters, m = |x_k|, or the modulus of the complex pair
     (x_k, x_{k+D/2}) with complex_diagonal; added to the loss and the gradients.
     Global embeddings (PBG's global_emb): src_global / dst_global [D] or None, added to every row
     of that side before the operator.
     Loss: sum over enabled sides of loss(pos, neg_scores, weight [B] or None); logistic's 1/M uses
-    M = chunk_size + U for 'batch_uniform' (PBG counts padding), U for 'uniform'.
+    M = chunk_size + U for 'batch_uniform' (PBG counts padding), U for 'uniform', the table's row
+    count for 'all'.
 
     Returns (loss [], src_grad [B + C*Us, D], dst_grad [B + C*Ud, D], op_param_grad [R, K],
     src_global_grad [D] (or [0] without src_global), dst_global_grad [D] (or [0]),
     violators [2] int64): src_grad rows follow cat(src_idx, src_uniform.flatten()) (same for
     dst), so ``row_adagrad_(src_emb, state, cat(src_idx, src_uniform.flatten()), src_grad, ...)``
-    applies them; violators counts negatives scoring above their positive, per side.
+    applies them; violators counts negatives scoring above their positive, per side. With 'all'
+    on a side, that side's rows after the positives' are the gradient of every table row
+    ([B + rows, D]: row_adagrad_ indices cat(idx, arange(rows))).
     """
     return torch.ops.pbg_fast.chunk_step(
         src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
@@ -240,10 +245,12 @@ def _register() -> None:
           margin, reg_coef=0.0):
         b, d = src_idx.shape[0], src_emb.shape[1]
         c = src_uniform.shape[0]
+        ns = src_emb.shape[0] if src_mode == "all" else c * src_uniform.shape[1]
+        nd = dst_emb.shape[0] if dst_mode == "all" else c * dst_uniform.shape[1]
         return (
             src_emb.new_empty(()),
-            src_emb.new_empty((b + c * src_uniform.shape[1], d)),
-            src_emb.new_empty((b + c * dst_uniform.shape[1], d)),
+            src_emb.new_empty((b + ns, d)),
+            src_emb.new_empty((b + nd, d)),
             torch.empty_like(op_params),
             src_emb.new_empty((d if src_global is not None else 0,)),
             src_emb.new_empty((d if dst_global is not None else 0,)),

@@ -91,6 +91,8 @@ def test_yaml_config(tmp_path):
     ({"regularizer": "L2"}, r"regularizer: unknown 'L2'; expected one of N3"),
     ({"disable_lhs_negs": True, "disable_rhs_negs": True}, r"cannot disable negatives on both sides"),
     ({"relations": [{"name": "r", "lhs": "e", "rhs": "e", "bogus": 1}]}, r"relations\[0\]\.bogus: unknown key"),
+    ({"relations": [{"name": "r", "lhs": "e", "rhs": "e", "operator": "diagonal", "all_negs": True}]},
+     r"relations\[0\]\.all_negs: with static relations all_negs needs operator 'none'"),
 ])
 def test_bad_config_names_the_key(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -209,3 +209,16 @@ def test_bucket_op_releases_the_gil(tmp_path):
     t.join()
     during = [x for x in ticks if t0 < x < t1]
     assert t1 - t0 > 0.05 and len(during) > 0.3 * (t1 - t0) / 0.0011, (len(during), t1 - t0)
+
+
+def test_all_negs_trains_to_planted_mrr(tmp_path):
+    """PBG's all_negs (every entity of the partition a negative) end to end, P=1 and P=2."""
+    rel = [{"name": "link", "lhs": "node", "rhs": "node", "all_negs": True}]
+    for parts in (1, 2):
+        d = tmp_path / f"p{parts}"
+        d.mkdir()
+        train_raw, test_raw = planted_setup(d, parts, epochs=4, relations=rel)
+        recs = train(parse_config(train_raw))
+        assert recs[-1]["loss"] < recs[0]["loss"]
+        mrr = evaluate(parse_config(test_raw))["overall"]["mrr"]
+        assert mrr > 0.12, (parts, mrr)

@@ -48,11 +48,14 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   const bool src_on = cfg.src_mode != NegMode::Skip, dst_on = cfg.dst_mode != NegMode::Skip;
   const bool src_batch = cfg.src_mode == NegMode::BatchUniform;
   const bool dst_batch = cfg.dst_mode == NegMode::BatchUniform;
-  const int64_t Us = in.num_src_uniform, Ud = in.num_dst_uniform;
+  // All: the negatives are the side's whole (prepared) table, not rows gathered here.
+  const bool src_all = cfg.src_mode == NegMode::All, dst_all = cfg.dst_mode == NegMode::All;
+  const int64_t Us = src_all ? 0 : in.num_src_uniform, Ud = dst_all ? 0 : in.num_dst_uniform;
   const int64_t RS = P + Us, RD = P + Ud;  // rows held per side
-  // Negatives of each side are a contiguous range of that side's rows.
+  // Negatives of each side are a contiguous range of that side's rows (or its whole table).
   const int64_t sn_off = src_batch ? 0 : P, dn_off = dst_batch ? 0 : P;
-  const int64_t Ns = src_on ? RS - sn_off : 0, Nd = dst_on ? RD - dn_off : 0;
+  const int64_t Ns = !src_on ? 0 : src_all ? tb.n_src_all : RS - sn_off;
+  const int64_t Nd = !dst_on ? 0 : dst_all ? tb.n_dst_all : RD - dn_off;
   constexpr bool has_op = O != Operator::None;
 
   // Workspace layout.
@@ -107,18 +110,26 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
 
   // 3. Scores: positives, then one GEMM per side for the negatives.
   // S1[i, j] = s(dst_i, src_neg_j) and S2[i, j] = s(src_i, dst_neg_j).
+  const T* s_neg = src_all ? tb.src_all : SN + sn_off * D;
+  const T* s_neg_aux = src_all ? tb.src_all_aux : aux_s + sn_off;
+  const T* d_neg = dst_all ? tb.dst_all : DN + dn_off * D;
+  const T* d_neg_aux = dst_all ? tb.dst_all_aux : aux_d + dn_off;
   pos_scores<C>(SN, DN, P, D, pos);
-  neg_scores<C>(DN, aux_d, P, SN + sn_off * D, aux_s + sn_off, Ns, D, S1);
-  neg_scores<C>(SN, aux_s, P, DN + dn_off * D, aux_d + dn_off, Nd, D, S2);
+  neg_scores<C>(DN, aux_d, P, s_neg, s_neg_aux, Ns, D, S1);
+  neg_scores<C>(SN, aux_s, P, d_neg, d_neg_aux, Nd, D, S2);
   // The negative that is the edge's own entity is masked, as PBG does.
   if (src_on && src_batch)
     for (int64_t i = 0; i < P; ++i) S1[i * Ns + i] = T(kMaskedScore);
   if (dst_on && dst_batch)
     for (int64_t i = 0; i < P; ++i) S2[i * Nd + i] = T(kMaskedScore);
+  if (src_all)
+    for (int64_t i = 0; i < P; ++i) S1[i * Ns + in.src_idx[i]] = T(kMaskedScore);
+  if (dst_all)
+    for (int64_t i = 0; i < P; ++i) S2[i * Nd + in.dst_idx[i]] = T(kMaskedScore);
 
   // 4. Loss and dL/dscore, row by row.
-  const int64_t src_count = (src_batch ? cfg.chunk_size : 0) + Us;
-  const int64_t dst_count = (dst_batch ? cfg.chunk_size : 0) + Ud;
+  const int64_t src_count = src_all ? Ns : (src_batch ? cfg.chunk_size : 0) + Us;
+  const int64_t dst_count = dst_all ? Nd : (dst_batch ? cfg.chunk_size : 0) + Ud;
   const T src_nw = src_count > 0 ? T(1) / T(src_count) : T(0);
   const T dst_nw = dst_count > 0 ? T(1) / T(dst_count) : T(0);
   double loss = 0;
@@ -144,12 +155,23 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
 
   // 5. Backward through the score GEMMs. The negatives' GEMMs write their rows (beta = 0) first;
   // the rows they do not cover are zeroed; then the queries' GEMMs accumulate.
-  if (Ns > 0) neg_backward_to_neg<C>(DN, P, SN + sn_off * D, Ns, D, G1, gSN + sn_off * D, T(0));
-  std::fill(gSN, gSN + (Ns > 0 ? sn_off : RS) * D, T(0));
-  if (Nd > 0) neg_backward_to_neg<C>(SN, P, DN + dn_off * D, Nd, D, G2, gDN + dn_off * D, T(0));
-  std::fill(gDN, gDN + (Nd > 0 ? dn_off : RD) * D, T(0));
-  neg_backward_to_query<C>(DN, P, SN + sn_off * D, Ns, D, G1, gDN);
-  neg_backward_to_query<C>(SN, P, DN + dn_off * D, Nd, D, G2, gSN);
+  // All: the negatives' gradient accumulates into the caller's table-sized buffer.
+  if (src_all) {
+    if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, out.src_all, T(1));
+    std::fill(gSN, gSN + RS * D, T(0));
+  } else {
+    if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, gSN + sn_off * D, T(0));
+    std::fill(gSN, gSN + (Ns > 0 ? sn_off : RS) * D, T(0));
+  }
+  if (dst_all) {
+    if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, out.dst_all, T(1));
+    std::fill(gDN, gDN + RD * D, T(0));
+  } else {
+    if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, gDN + dn_off * D, T(0));
+    std::fill(gDN, gDN + (Nd > 0 ? dn_off : RD) * D, T(0));
+  }
+  neg_backward_to_query<C>(DN, P, s_neg, Ns, D, G1, gDN);
+  neg_backward_to_query<C>(SN, P, d_neg, Nd, D, G2, gSN);
   pos_scores_backward<C>(SN, DN, pos, gpos, P, D, gSN, gDN);
 
   // 6. Back through "prepare" and the operator, into the outputs.
@@ -218,6 +240,48 @@ ChunkStats chunk_step_one(Comparator cmp, Operator op, Loss loss, const ChunkTab
   });
 }
 
+template <typename T>
+const T* prepare_all_table(Comparator cmp, const T* emb, int64_t stride, int64_t n, int64_t dim,
+                           const T* global, std::vector<T>& buf, std::vector<T>& aux) {
+  return dispatch_comparator(cmp, [&](auto c) -> const T* {
+    constexpr Comparator Cc = decltype(c)::value;
+    aux.resize(n);
+    if (!global && !ComparatorTraits<Cc>::prepare_normalizes && stride == dim) {
+      prepare_rows<Cc>(const_cast<T*>(emb), n, dim, aux.data());  // l2: reads the rows only
+      return emb;
+    }
+    buf.resize(size_t(n) * dim);
+    for (int64_t r = 0; r < n; ++r) {
+      std::memcpy(buf.data() + r * dim, emb + r * stride, dim * sizeof(T));
+      if (global) axpy_row(T(1), global, buf.data() + r * dim, dim);
+    }
+    prepare_rows<Cc>(buf.data(), n, dim, aux.data());
+    return buf.data();
+  });
+}
+
+template <typename T>
+void prepare_all_table_backward(Comparator cmp, const T* prepared, const T* aux, T* g, int64_t n,
+                                int64_t dim, T* g_global) {
+  dispatch_comparator(cmp, [&](auto c) {
+    prepare_rows_backward<decltype(c)::value>(prepared, aux, g, n, dim);
+    return 0;
+  });
+  if (g_global)
+    for (int64_t r = 0; r < n; ++r) axpy_row(T(1), g + r * dim, g_global, dim);
+}
+
+template const float* prepare_all_table<float>(Comparator, const float*, int64_t, int64_t,
+                                               int64_t, const float*, std::vector<float>&,
+                                               std::vector<float>&);
+template const double* prepare_all_table<double>(Comparator, const double*, int64_t, int64_t,
+                                                 int64_t, const double*, std::vector<double>&,
+                                                 std::vector<double>&);
+template void prepare_all_table_backward<float>(Comparator, const float*, const float*, float*,
+                                                int64_t, int64_t, float*);
+template void prepare_all_table_backward<double>(Comparator, const double*, const double*,
+                                                 double*, int64_t, int64_t, double*);
+
 template ChunkStats chunk_step_one<float>(Comparator, Operator, Loss, const ChunkTables<float>&,
                                           const ChunkConfig<float>&, const ChunkInput&,
                                           const float*, const ChunkGrads<float>&,
@@ -280,6 +344,13 @@ chunk_step_cpu(
                     ": src_uniform must be empty when src_mode is 'skip'");
   TORCH_CHECK_VALUE(dst_mode != NegMode::Skip || dst_uniform.size(1) == 0, kOp,
                     ": dst_uniform must be empty when dst_mode is 'skip'");
+  TORCH_CHECK_VALUE(src_mode != NegMode::All || src_uniform.size(1) == 0, kOp,
+                    ": src_uniform must be empty when src_mode is 'all'");
+  TORCH_CHECK_VALUE(dst_mode != NegMode::All || dst_uniform.size(1) == 0, kOp,
+                    ": dst_uniform must be empty when dst_mode is 'all'");
+  TORCH_CHECK_VALUE(dst_mode != NegMode::All || op == Operator::None, kOp,
+                    ": dst_mode 'all' needs operator 'none' (the operator acts on the dst side; "
+                    "with dynamic relations every direction takes its negatives on the src side)");
   const int64_t K = operator_num_params(op, D);
   TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, kOp,
                     ": complex_diagonal needs an even dim, got ", D);
@@ -329,14 +400,20 @@ chunk_step_cpu(
   const at::Tensor sglob = global_arg(src_global, "src_global");
   const at::Tensor dglob = global_arg(dst_global, "dst_global");
   const int64_t Us = su.size(1), Ud = du.size(1);
-  auto src_grad = at::empty({B + C * Us, D}, src_emb.options());
-  auto dst_grad = at::empty({B + C * Ud, D}, src_emb.options());
+  const bool src_all = src_mode == NegMode::All, dst_all = dst_mode == NegMode::All;
+  const int64_t Ns_all = src_all ? src_emb.size(0) : 0, Nd_all = dst_all ? dst_emb.size(0) : 0;
+  // With 'all', the rows after the positives' are the gradient of every table row.
+  auto src_grad = at::empty({B + (src_all ? Ns_all : C * Us), D}, src_emb.options());
+  auto dst_grad = at::empty({B + (dst_all ? Nd_all : C * Ud), D}, src_emb.options());
   auto chunk_loss = at::zeros({C}, src_emb.options().dtype(at::kDouble));
   auto violators = at::zeros({C, 2}, src_emb.options().dtype(at::kLong));
   const int64_t nthreads = at::get_num_threads();
   auto param_grad_t = at::zeros({nthreads, R, K}, src_emb.options());
   // Per-thread global-embedding gradients: [threads, 2, D] (src, dst).
   auto global_grad_t = at::zeros({nthreads, 2, D}, src_emb.options());
+  // Per-thread table-sized gradients for the 'all' sides (summed afterwards).
+  auto src_all_t = at::zeros({src_all ? nthreads : 0, Ns_all, D}, src_emb.options());
+  auto dst_all_t = at::zeros({dst_all ? nthreads : 0, Nd_all, D}, src_emb.options());
 
   AT_DISPATCH_FLOATING_TYPES(src_emb.scalar_type(), kOp, [&] {
     using T = scalar_t;
@@ -346,6 +423,19 @@ chunk_step_cpu(
                                dglob.defined() ? dglob.data_ptr<T>() : nullptr};
     cpu::ChunkConfig<T> cfg{src_mode, dst_mode, chunk_size, static_cast<T>(margin),
                             static_cast<T>(reg_coef)};
+    std::vector<T> s_buf, s_aux, d_buf, d_aux;
+    if (src_all) {
+      tables.src_all = cpu::prepare_all_table<T>(cmp, tables.src_emb, tables.src_stride, Ns_all,
+                                                 D, tables.src_global, s_buf, s_aux);
+      tables.src_all_aux = s_aux.data();
+      tables.n_src_all = Ns_all;
+    }
+    if (dst_all) {
+      tables.dst_all = cpu::prepare_all_table<T>(cmp, tables.dst_emb, tables.dst_stride, Nd_all,
+                                                 D, tables.dst_global, d_buf, d_aux);
+      tables.dst_all_aux = d_aux.data();
+      tables.n_dst_all = Nd_all;
+    }
     const int64_t* sidx = src_i.data_ptr<int64_t>();
     const int64_t* didx = dst_i.data_ptr<int64_t>();
     const int64_t* relp = rel_i.data_ptr<int64_t>();
@@ -368,7 +458,9 @@ chunk_step_cpu(
         cpu::ChunkGrads<T> out{sg + b0 * D, sg + (B + c * Us) * D, dg + b0 * D,
                                dg + (B + c * Ud) * D, my_pg,
                                sglob.defined() ? my_gg : nullptr,
-                               dglob.defined() ? my_gg + D : nullptr};
+                               dglob.defined() ? my_gg + D : nullptr,
+                               src_all ? src_all_t[at::get_thread_num()].data_ptr<T>() : nullptr,
+                               dst_all ? dst_all_t[at::get_thread_num()].data_ptr<T>() : nullptr};
         auto st = cpu::chunk_step_one<T>(cmp, op, loss, tables, cfg, in, wp ? wp + b0 : nullptr,
                                          out, ws);
         lossp[c] = st.loss;
@@ -376,6 +468,20 @@ chunk_step_cpu(
         violp[2 * c + 1] = st.dst_violators;
       }
     });
+    // The 'all' sides: sum the threads, then back through the prepare and the global vector.
+    T* gg = global_grad_t.data_ptr<T>();  // thread 0's slots take the negatives' share
+    if (src_all) {
+      auto g = src_grad.narrow(0, B, Ns_all);
+      g.copy_(src_all_t.sum(0));
+      cpu::prepare_all_table_backward<T>(cmp, tables.src_all, tables.src_all_aux, g.data_ptr<T>(),
+                                         Ns_all, D, sglob.defined() ? gg : nullptr);
+    }
+    if (dst_all) {
+      auto g = dst_grad.narrow(0, B, Nd_all);
+      g.copy_(dst_all_t.sum(0));
+      cpu::prepare_all_table_backward<T>(cmp, tables.dst_all, tables.dst_all_aux, g.data_ptr<T>(),
+                                         Nd_all, D, dglob.defined() ? gg + D : nullptr);
+    }
   });
   // Summed in chunk order so the result does not depend on the thread count.
   auto total_loss = chunk_loss.sum().to(src_emb.scalar_type());

@@ -23,6 +23,14 @@ struct ChunkTables {
   // PBG's global_emb: a vector added to every row of a side before the operator (or null).
   const T* src_global = nullptr;  // [dim]
   const T* dst_global = nullptr;  // [dim]
+  // NegMode::All: the side's whole table, already through the global vector and the
+  // comparator's prepare (rows contiguous, [n_all, dim]), with the prepare's aux per row.
+  const T* src_all = nullptr;
+  const T* src_all_aux = nullptr;
+  int64_t n_src_all = 0;
+  const T* dst_all = nullptr;  // the dst side's operator must be None
+  const T* dst_all_aux = nullptr;
+  int64_t n_dst_all = 0;
 };
 
 template <typename T>
@@ -56,6 +64,9 @@ struct ChunkGrads {
   T* op_params;  // [num_rels, num_params], accumulated (+=)
   T* src_global = nullptr;  // [dim], accumulated (+=) when tables.src_global is set
   T* dst_global = nullptr;  // [dim], accumulated (+=) when tables.dst_global is set
+  // NegMode::All: dL/d(prepared row) of every table row, accumulated (+=), [n_all, dim].
+  T* src_all = nullptr;
+  T* dst_all = nullptr;
 };
 
 struct ChunkStats {
@@ -75,6 +86,20 @@ template <typename T>
 ChunkStats chunk_step_one(Comparator cmp, Operator op, Loss loss, const ChunkTables<T>& tables,
                           const ChunkConfig<T>& cfg, const ChunkInput& in, const T* weight,
                           const ChunkGrads<T>& out, ChunkWorkspace<T>& ws);
+
+// NegMode::All support: a side's whole table as the chunk step wants it, prepared once per
+// batch. Returns the prepared rows ([n, dim], contiguous): `emb` itself when nothing changes
+// it (dot, no global vector, contiguous rows), else a copy in `buf`; aux (cos: 1/|x|, l2: |x|^2)
+// goes to `aux`.
+template <typename T>
+const T* prepare_all_table(Comparator cmp, const T* emb, int64_t stride, int64_t n, int64_t dim,
+                           const T* global, std::vector<T>& buf, std::vector<T>& aux);
+
+// The backward of prepare_all_table: g = dL/d(prepared rows) on entry, dL/d(rows) on exit;
+// g_global (or null) += the column sums of the result.
+template <typename T>
+void prepare_all_table_backward(Comparator cmp, const T* prepared, const T* aux, T* g, int64_t n,
+                                int64_t dim, T* g_global);
 
 }  // namespace cpu
 }  // namespace pbg

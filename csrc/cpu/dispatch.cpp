@@ -35,8 +35,9 @@ NegMode parse_neg_mode(const std::string& name, const char* op, const char* arg)
   if (name == "skip") return NegMode::Skip;
   if (name == "uniform") return NegMode::Uniform;
   if (name == "batch_uniform") return NegMode::BatchUniform;
+  if (name == "all") return NegMode::All;
   TORCH_CHECK_VALUE(false, op, ": ", arg, ": unknown '", name,
-                    "'; expected one of skip, uniform, batch_uniform");
+                    "'; expected one of skip, uniform, batch_uniform, all");
 }
 
 void check_cpu(const at::Tensor& t, const char* op, const char* arg) {

@@ -45,15 +45,26 @@ struct Rng {
 };
 
 // Sums the gradient rows of one table over a batch (open addressing on the row id), then
-// applies one row-Adagrad step per distinct row.
+// applies one row-Adagrad step per distinct row. Dense mode (a table whose every row is a
+// negative: all_negs) sums into a table-sized buffer instead and steps every row.
 template <typename T>
 struct RowCoalescer {
   int64_t dim = 0;
+  int64_t dense_rows = -1;     // >= 0: dense mode over this many rows
   std::vector<int64_t> table;  // slot -> index into rows, -1 empty
   std::vector<int64_t> rows;
   std::vector<T> sums;
+  void reset_dense(int64_t n, int64_t d) {
+    dim = d;
+    dense_rows = n;
+    sums.assign(n * d, T(0));
+  }
+  void add_dense(const T* g) {  // g: [dense_rows, dim]
+    for (int64_t k = 0; k < dense_rows * dim; ++k) sums[k] += g[k];
+  }
   void reset(int64_t max_rows, int64_t d) {
     dim = d;
+    dense_rows = -1;
     int64_t cap = 16;
     while (cap < 2 * max_rows) cap <<= 1;
     table.assign(cap, -1);
@@ -61,6 +72,10 @@ struct RowCoalescer {
     if (static_cast<int64_t>(sums.size()) < max_rows * d) sums.resize(max_rows * d);
   }
   void add(int64_t row, const T* g) {
+    if (dense_rows >= 0) {
+      axpy(g, sums.data() + row * dim);
+      return;
+    }
     const uint64_t mask = table.size() - 1;
     uint64_t h = (static_cast<uint64_t>(row) * 0x9e3779b97f4a7c15ULL) >> 20;
     while (true) {
@@ -72,14 +87,21 @@ struct RowCoalescer {
         return;
       }
       if (rows[slot] == row) {
-        T* s = sums.data() + slot * dim;
-        for (int64_t k = 0; k < dim; ++k) s[k] += g[k];
+        axpy(g, sums.data() + slot * dim);
         return;
       }
       ++h;
     }
   }
+  void axpy(const T* g, T* s) const {
+    for (int64_t k = 0; k < dim; ++k) s[k] += g[k];
+  }
   void apply(T* emb, T* state, T lr, T eps) const {
+    if (dense_rows >= 0) {
+      for (int64_t r = 0; r < dense_rows; ++r)
+        row_adagrad_step(emb + r * dim, state + r, sums.data() + r * dim, dim, lr, eps);
+      return;
+    }
     // The rows are random accesses into a big table: prefetch a few ahead (see gather_rows).
     constexpr size_t ahead = 6;
     auto prefetch = [&](size_t i) {
@@ -123,7 +145,7 @@ struct Shared {
   // config
   int64_t batch_size, chunk_size;
   int64_t num_uniform_lhs, num_uniform_rhs;  // 0 on a disabled side (PBG's Negatives.NONE)
-  NegMode lhs_mode, rhs_mode;
+  NegMode lhs_mode, rhs_mode;  // All: every row of the side's table (all_negs)
   bool dynamic;
   Comparator cmp;
   Operator op;
@@ -156,6 +178,11 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
   std::vector<int64_t> touched_rels;
   RowCoalescer<T> co_lhs, co_rhs;
   ChunkWorkspace<T> ws;
+  // all_negs: a side's whole table, prepared once per batch, and dL/d(prepared rows).
+  const bool lhs_all = sh.lhs_mode == NegMode::All, rhs_all = sh.rhs_mode == NegMode::All;
+  const bool share_all = sh.same_table && lhs_all && rhs_all;
+  std::vector<T> lhs_buf, lhs_aux, rhs_buf, rhs_aux, g_lhs_all, g_rhs_all;
+  const T *lhs_prep = nullptr, *rhs_prep = nullptr;
   const int64_t num_batches = (sh.num_edges + Bmax - 1) / Bmax;
   const T eps = T(1e-10);
 
@@ -193,12 +220,28 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     }
     std::fill(g_glob.begin(), g_glob.end(), T(0));
     const int64_t max_rows = 2 * (n + C * U);
+    // A table that is some side's 'all' negatives takes its whole batch gradient densely.
+    const bool lhs_dense = lhs_all || (sh.same_table && rhs_all);
+    const bool rhs_dense = rhs_all || (sh.same_table && lhs_all);
     if (sh.same_table) {
-      co_lhs.reset(2 * max_rows, D);
+      if (lhs_dense) co_lhs.reset_dense(sh.n_lhs, D); else co_lhs.reset(2 * max_rows, D);
     } else {
-      co_lhs.reset(max_rows, D);
-      co_rhs.reset(max_rows, D);
+      if (lhs_dense) co_lhs.reset_dense(sh.n_lhs, D); else co_lhs.reset(max_rows, D);
+      if (rhs_dense) co_rhs.reset_dense(sh.n_rhs, D); else co_rhs.reset(max_rows, D);
     }
+    if (lhs_all) {
+      lhs_prep = prepare_all_table<T>(sh.cmp, sh.lhs_emb, D, sh.n_lhs, D, sh.lhs_glob, lhs_buf,
+                                      lhs_aux);
+      g_lhs_all.assign(sh.n_lhs * D, T(0));
+    }
+    if (rhs_all && !share_all) {
+      rhs_prep = prepare_all_table<T>(sh.cmp, sh.rhs_emb, D, sh.n_rhs, D, sh.rhs_glob, rhs_buf,
+                                      rhs_aux);
+      g_rhs_all.assign(sh.n_rhs * D, T(0));
+    }
+    const T* rhs_prep_ = share_all ? lhs_prep : rhs_prep;
+    const T* rhs_aux_ = share_all ? lhs_aux.data() : rhs_aux.data();
+    T* g_rhs_all_ = share_all ? g_lhs_all.data() : g_rhs_all.data();
     RowCoalescer<T>& to_lhs = co_lhs;
     RowCoalescer<T>& to_rhs = sh.same_table ? co_lhs : co_rhs;
 
@@ -230,6 +273,17 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       T* g_sglob = sglob ? g_glob.data() + (reversed ? D : 0) : nullptr;
       T* g_dglob = dglob ? g_glob.data() + (reversed ? 0 : D) : nullptr;
       ChunkTables<T> tables{src_emb, D, dst_emb, D, op, K, D, sglob, dglob};
+      T *g_src_all = nullptr, *g_dst_all = nullptr;
+      auto set_all = [&](bool lhs_table, const T*& rows, const T*& aux, int64_t& count, T*& g) {
+        rows = lhs_table ? lhs_prep : rhs_prep_;
+        aux = lhs_table ? lhs_aux.data() : rhs_aux_;
+        count = lhs_table ? sh.n_lhs : sh.n_rhs;
+        g = lhs_table ? g_lhs_all.data() : g_rhs_all_;
+      };
+      if (smode == NegMode::All)
+        set_all(!reversed, tables.src_all, tables.src_all_aux, tables.n_src_all, g_src_all);
+      if (dmode == NegMode::All)
+        set_all(reversed, tables.dst_all, tables.dst_all_aux, tables.n_dst_all, g_dst_all);
       ChunkConfig<T> cfg{smode, dmode, cs, sh.margin, sh.reg_coef};
       for (int64_t c = 0; c < C; ++c) {
         const int64_t b0 = c * cs, P = std::min(cs, n - b0);
@@ -237,7 +291,7 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
                       duni + c * Ud, Ud};
         ChunkGrads<T> out{g_src.data() + b0 * D, g_src.data() + (n + c * Us) * D,
                           g_dst.data() + b0 * D, g_dst.data() + (n + c * Ud) * D, gop, g_sglob,
-                          g_dglob};
+                          g_dglob, g_src_all, g_dst_all};
         const ChunkStats cst =
             chunk_step_one<T>(sh.cmp, sh.op, sh.loss, tables, cfg, in, wts.data() + b0, out, ws);
         st.loss += cst.loss;
@@ -253,6 +307,17 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     };
     direction(false);
     if (sh.dynamic) direction(true);
+    // all_negs: the negatives' share, back through the prepare, into the tables' gradients.
+    if (lhs_all) {
+      prepare_all_table_backward<T>(sh.cmp, lhs_prep, lhs_aux.data(), g_lhs_all.data(), sh.n_lhs,
+                                    D, sh.lhs_glob ? g_glob.data() : nullptr);
+      co_lhs.add_dense(g_lhs_all.data());
+    }
+    if (rhs_all && !share_all) {
+      prepare_all_table_backward<T>(sh.cmp, rhs_prep, rhs_aux.data(), g_rhs_all.data(), sh.n_rhs,
+                                    D, sh.rhs_glob ? g_glob.data() + D : nullptr);
+      (sh.same_table ? co_lhs : co_rhs).add_dense(g_rhs_all.data());
+    }
 
     // Updates, HOGWILD: straight into the shared tables.
     co_lhs.apply(sh.lhs_emb, sh.lhs_state, sh.lr, eps);
@@ -300,7 +365,7 @@ at::Tensor train_bucket_cpu(
     int64_t batch_size, int64_t num_batch_negs, int64_t num_uniform_negs, bool disable_lhs_negs,
     bool disable_rhs_negs, bool dynamic, c10::string_view comparator, c10::string_view op_name,
     c10::string_view loss_name, double margin, double relation_weight, double lr,
-    double relation_lr, int64_t workers, int64_t seed, double reg_coef) {
+    double relation_lr, int64_t workers, int64_t seed, double reg_coef, bool all_negs) {
   const auto t0 = std::chrono::steady_clock::now();
   const Comparator cmp = parse_comparator(std::string(comparator), kOp);
   const Operator op = parse_operator(std::string(op_name), kOp);
@@ -353,8 +418,11 @@ at::Tensor train_bucket_cpu(
   TORCH_CHECK_VALUE(batch_size > 0, kOp, ": batch_size must be positive");
   TORCH_CHECK_VALUE(num_batch_negs >= 0 && num_uniform_negs >= 0, kOp,
                     ": negative counts must be non-negative");
-  TORCH_CHECK_VALUE(num_batch_negs > 0 || num_uniform_negs > 0, kOp,
+  TORCH_CHECK_VALUE(all_negs || num_batch_negs > 0 || num_uniform_negs > 0, kOp,
                     ": num_batch_negs and num_uniform_negs cannot both be 0");
+  TORCH_CHECK_VALUE(!all_negs || dynamic || disable_rhs_negs || op == Operator::None, kOp,
+                    ": all_negs with static relations needs operator 'none' (the operator acts on "
+                    "the rhs side); use dynamic relations");
   TORCH_CHECK_VALUE(!(disable_lhs_negs && disable_rhs_negs), kOp,
                     ": cannot disable negatives on both sides");
   TORCH_CHECK_VALUE(dynamic || R == 1 || rel.numel() > 0, kOp, ": rel needed with several relations");
@@ -367,8 +435,13 @@ at::Tensor train_bucket_cpu(
     TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == E, kOp, ": weight must be [", E, "]");
   }
   // PBG: num_batch_negs = 0 means uniform negatives only, in chunks of num_uniform_negs.
-  const NegMode base = num_batch_negs > 0 ? NegMode::BatchUniform : NegMode::Uniform;
-  const int64_t chunk = num_batch_negs > 0 ? num_batch_negs : num_uniform_negs;
+  // all_negs: every entity of the partition, in chunks of num_batch_negs edges (or the batch).
+  const NegMode base = all_negs ? NegMode::All
+                       : num_batch_negs > 0 ? NegMode::BatchUniform : NegMode::Uniform;
+  const int64_t chunk = num_batch_negs > 0 ? num_batch_negs
+                        : all_negs         ? batch_size
+                                           : num_uniform_negs;
+  const int64_t num_uniform = all_negs ? 0 : num_uniform_negs;
   // A disabled side is PBG's Negatives.NONE: a loss term with no negatives ('uniform', U = 0).
   auto lhs_i = lhs.contiguous(), rhs_i = rhs.contiguous(), rel_i = rel.contiguous();
   auto out = at::zeros({5}, lhs_emb.options().dtype(at::kDouble));
@@ -399,7 +472,7 @@ at::Tensor train_bucket_cpu(
                  rel_i.numel() ? rel_i.data_ptr<int64_t>() : nullptr,
                  w.defined() ? w.data_ptr<T>() : nullptr, perm32.empty() ? nullptr : perm32.data(),
                  perm64.empty() ? nullptr : perm64.data(), E, batch_size, chunk,
-                 disable_lhs_negs ? 0 : num_uniform_negs, disable_rhs_negs ? 0 : num_uniform_negs,
+                 disable_lhs_negs ? 0 : num_uniform, disable_rhs_negs ? 0 : num_uniform,
                  disable_lhs_negs ? NegMode::Uniform : base,
                  disable_rhs_negs ? NegMode::Uniform : base, dynamic, cmp, op, loss,
                  static_cast<T>(margin), static_cast<T>(lr), static_cast<T>(relation_lr),

@@ -371,6 +371,8 @@ chunk_step_cuda(
   const Loss loss = parse_loss(std::string(loss_name), kOp);
   const NegMode src_mode = parse_neg_mode(std::string(src_mode_name), kOp, "src_mode");
   const NegMode dst_mode = parse_neg_mode(std::string(dst_mode_name), kOp, "dst_mode");
+  TORCH_CHECK_VALUE(src_mode != NegMode::All && dst_mode != NegMode::All, kOp,
+                    ": mode 'all' (all_negs) is not supported on CUDA yet");
   // TODO(cuda): global embeddings (PBG's global_emb) are CPU-only so far.
   TORCH_CHECK_VALUE(!(src_global.has_value() && src_global->defined()) &&
                         !(dst_global.has_value() && dst_global->defined()),

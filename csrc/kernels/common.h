@@ -39,7 +39,8 @@ enum class Loss : int { Ranking = 0, Logistic = 1, Softmax = 2 };
 //   Skip:         no negative scores and no loss term for this side.
 //   Uniform:      the chunk's uniformly sampled negatives only (U may be 0: PBG's NONE).
 //   BatchUniform: the chunk's own positives (the same-edge pair masked) + the uniform negatives.
-enum class NegMode : int { Skip = 0, Uniform = 1, BatchUniform = 2 };
+//   All:          every row of the side's table (PBG's all_negs), the positive's own row masked.
+enum class NegMode : int { Skip = 0, Uniform = 1, BatchUniform = 2, All = 3 };
 
 // PBG replaces masked negative scores with this value before the loss; every loss then gives
 // them zero loss and zero gradient.

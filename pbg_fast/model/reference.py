@@ -141,6 +141,16 @@ def n3(src: Tensor, dst: Tensor, rel_params: Tensor, operator: str, coef: float)
 # --- the fused chunk step --------------------------------------------------------------------
 
 
+def _mask_all(scores: Tensor, idx: Tensor, chunk_size: int) -> Tensor:
+    """'all' negatives: each edge's own entity (its row of the table) is masked."""
+    c = scores.shape[0]
+    if c == 0:
+        return scores
+    own = torch.cat([idx, idx.new_zeros(c * chunk_size - len(idx))]).view(c, chunk_size, 1)
+    mask = torch.zeros(scores.shape, dtype=torch.bool).scatter_(2, own, True)
+    return scores.masked_fill(mask, MASKED_SCORE)
+
+
 def _negatives(pos_chunks: Tensor, uniform: Tensor, mode: str) -> Tensor:
     if mode == "batch_uniform":
         return torch.cat([pos_chunks, uniform], dim=1)
@@ -169,8 +179,11 @@ def chunk_step(
     b, d = src_idx.shape[0], src_emb.shape[1]
     c = math.ceil(b / chunk_size)
     us, ud = src_uniform.shape[1], dst_uniform.shape[1]
-    src_rows = src_emb[torch.cat([src_idx, src_uniform.flatten()])].detach().requires_grad_()
-    dst_rows = dst_emb[torch.cat([dst_idx, dst_uniform.flatten()])].detach().requires_grad_()
+    # 'all': the extra rows are the whole table (their gradient is returned per table row).
+    s_extra = torch.arange(src_emb.shape[0]) if src_mode == "all" else src_uniform.flatten()
+    d_extra = torch.arange(dst_emb.shape[0]) if dst_mode == "all" else dst_uniform.flatten()
+    src_rows = src_emb[torch.cat([src_idx, s_extra])].detach().requires_grad_()
+    dst_rows = dst_emb[torch.cat([dst_idx, d_extra])].detach().requires_grad_()
     params = op_params.detach().clone().requires_grad_()
     globals_ = [None if g is None else g.detach().clone().requires_grad_()
                 for g in (src_global, dst_global)]
@@ -179,10 +192,16 @@ def chunk_step(
     uni_rel = rel[::chunk_size].repeat_interleave(ud) if b > 0 else rel[:0]
 
     src_pos = prepare(src_in[:b], comparator)
-    src_uni = prepare(src_in[b:], comparator).view(c, us, d)
+    if src_mode == "all":
+        src_uni = prepare(src_in[b:], comparator).unsqueeze(0).expand(c, -1, -1)
+    else:
+        src_uni = prepare(src_in[b:], comparator).view(c, us, d)
     dst_pos = prepare(operator_forward(dst_in[:b], params, rel, operator), comparator)
-    dst_uni = prepare(operator_forward(dst_in[b:], params, uni_rel, operator), comparator)
-    dst_uni = dst_uni.view(c, ud, d)
+    if dst_mode == "all":  # operator 'none' only
+        dst_uni = prepare(dst_in[b:], comparator).unsqueeze(0).expand(c, -1, -1)
+    else:
+        dst_uni = prepare(operator_forward(dst_in[b:], params, uni_rel, operator), comparator)
+        dst_uni = dst_uni.view(c, ud, d)
 
     pad = c * chunk_size - b
     src_c = torch.cat([src_pos, src_pos.new_zeros(pad, d)]).view(c, chunk_size, d)
@@ -192,6 +211,10 @@ def chunk_step(
     pos = _matched(src_c, dst_c, comparator).flatten()[:b]
     src_scores = _mask(_pairwise(dst_c, src_neg, comparator), b, chunk_size, src_mode)
     dst_scores = _mask(_pairwise(src_c, dst_neg, comparator), b, chunk_size, dst_mode)
+    if src_mode == "all":
+        src_scores = _mask_all(src_scores, src_idx, chunk_size)
+    if dst_mode == "all":
+        dst_scores = _mask_all(dst_scores, dst_idx, chunk_size)
     src_scores = src_scores.flatten(0, 1)[:b]
     dst_scores = dst_scores.flatten(0, 1)[:b]
 

@@ -346,7 +346,7 @@ class Trainer:
                 c.batch_size, c.num_batch_negs, c.num_uniform_negs, c.disable_lhs_negs,
                 c.disable_rhs_negs, c.dynamic_relations, c.comparator, r.operator, c.loss_fn,
                 c.margin, r.weight, c.lr, relation_lr, self.workers, seed,
-                c.regularization_coef)
+                c.regularization_coef, r.all_negs)
             s = stats.tolist()
             out["loss"] += s[0]
             out["violators_lhs"] += int(s[1])

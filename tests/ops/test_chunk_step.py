@@ -196,8 +196,8 @@ def test_bad_input_names_the_argument():
 
     with pytest.raises(ValueError, match="comparator: unknown 'foo'"):
         call(comparator="foo")
-    with pytest.raises(ValueError, match="src_mode: unknown 'all'"):
-        call(src_mode="all")
+    with pytest.raises(ValueError, match="src_mode: unknown 'every'"):
+        call(src_mode="every")
     with pytest.raises(IndexError, match="dst_idx out of range"):
         call(dst_idx=case["dst_idx"] + 100)
     with pytest.raises(TypeError, match="src_idx must be int64"):
@@ -214,3 +214,44 @@ def test_bad_input_names_the_argument():
         call(dst_mode="skip")
     with pytest.raises(ValueError, match=r"src_global must be \[6\]"):
         call(src_global=torch.zeros(5))
+
+
+# 'all' (PBG's all_negs): every row of the side's table is a negative. (b, chunk, d, src, dst)
+ALL_CASES = [
+    (23, 5, 6, "all", "all"),  # static relation: both sides, ragged last chunk
+    (12, 4, 6, "all", "skip"),  # a dynamic-relation direction
+    (12, 4, 6, "skip", "all"),
+    (9, 4, 6, "all", "batch_uniform"),  # mixed with in-chunk + uniform on the other side
+    (1, 5, 2, "all", "all"),  # one edge
+    (0, 4, 4, "all", "all"),  # empty batch
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+@pytest.mark.parametrize("case_", ALL_CASES, ids=[f"{c[0]}x{c[1]}-{c[3]}-{c[4]}" for c in ALL_CASES])
+def test_all_negatives(case_, comparator, loss, dtype):
+    b, chunk, d, sm, dm = case_
+    # The operator acts on the dst side: with dst 'all' only 'none' is defined.
+    operator = "none" if dm == "all" else "complex_diagonal"
+    us, ud = (0 if m in ("all", "skip") else 3 for m in (sm, dm))
+    case = make_case(b, chunk, us, ud, d, operator,
+                     dtype, rels=2, dynamic=dm == "skip", n_src=17, n_dst=13)
+    out = check(case, sm, dm, comparator, operator, loss, dtype, reg=0.05 if dm == "skip" else 0.0)
+    if sm == "all":  # the rows after the positives': the gradient of every table row
+        assert out[1].shape == (b + case["src_emb"].shape[0], d)
+    if b > 1 and loss == "softmax":  # softmax spreads gradient over every unmasked negative
+        g_all = out[1][b:] if sm == "all" else out[2][b:]
+        assert out[0].item() > 0 and (g_all.abs().sum(1) > 0).all()
+
+
+def test_all_negatives_refuses_operator_on_dst_and_uniform_rows():
+    case = make_case(6, 3, 0, 0, 4, "diagonal", torch.float32)
+    args = [case[k] for k in ARGS]
+    with pytest.raises(ValueError, match="dst_mode 'all' needs operator 'none'"):
+        ops.chunk_step(*args, "all", "all", "dot", "diagonal", "softmax")
+    case = make_case(6, 3, 2, 0, 4, "none", torch.float32)
+    args = [case[k] for k in ARGS]
+    with pytest.raises(ValueError, match="src_uniform must be empty when src_mode is 'all'"):
+        ops.chunk_step(*args, "all", "all", "dot", "none", "softmax")
