@@ -36,6 +36,7 @@ TORCH_LIBRARY(pbg_fast, m) {
       "Tensor lhs, Tensor rhs, Tensor rel, Tensor? weight, int batch_size, int num_batch_negs, "
       "int num_uniform_negs, bool disable_lhs_negs, bool disable_rhs_negs, bool dynamic, "
       "str comparator, str operator, str loss, float margin, float relation_weight, float lr, "
-      "float relation_lr, int workers, int seed, float reg_coef=0.0, bool all_negs=False) -> Tensor");
+      "float relation_lr, int workers, int seed, float reg_coef=0.0, bool all_negs=False, "
+      "float max_norm=0.0) -> Tensor");
 }
 

@@ -314,7 +314,6 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     # Keys pbg_fast accepts at PBG's defaults but cannot honour at other values yet.
     not_yet = {
         "bias": (c.bias, False, "the bias dimension"),
-        "max_norm": (c.max_norm, None, "max_norm renormalisation"),
         "num_machines": (c.num_machines, 1, "distributed training"),
         "distributed_init_method": (c.distributed_init_method, None, "distributed training"),
         "num_gpus": (c.num_gpus, 0, "the GPU trainer"),

@@ -86,7 +86,7 @@ def test_yaml_config(tmp_path):
     ({"relations": [{"name": "r", "lhs": "e", "rhs": "f"}]}, r"relations\[0\]\.rhs: unknown entity type 'f'"),
     ({"entities": {"e": {"num_partitions": 1, "featurized": True}}}, r"featurized entities are not supported"),
     ({"num_machines": 2}, r"num_machines: distributed training is not supported by pbg_fast yet"),
-    ({"max_norm": 1.0}, r"max_norm: max_norm renormalisation is not supported by pbg_fast yet"),
+    ({"max_norm": -1.0}, r"max_norm: must be positive"),
     ({"dynamic_relations": True}, r"global_emb: cannot be used with dynamic_relations"),
     ({"regularizer": "L2"}, r"regularizer: unknown 'L2'; expected one of N3"),
     ({"disable_lhs_negs": True, "disable_rhs_negs": True}, r"cannot disable negatives on both sides"),

@@ -173,6 +173,9 @@ def test_eval_fraction_holds_out_and_reports(tmp_path):
     assert all(0 < r["eval_mrr"] <= 1 for r in buckets if "eval_mrr" in r)
     late = [r["eval_mrr"] for r in buckets if r["epoch"] == 1]
     assert sum(late) / len(late) > 0.1
+    # Ranked before and after each bucket trains: in the first epoch, training helps.
+    first = [r for r in buckets if r["epoch"] == 0]
+    assert sum(r["eval_mrr"] - r["eval_before_mrr"] for r in first) > 0
     # The same edges are held out in every epoch (never trained on).
     per_epoch = {e: sorted((tuple(r["bucket"]), r["eval_count"]) for r in buckets if r["epoch"] == e)
                  for e in (0, 1)}
@@ -222,3 +225,10 @@ def test_all_negs_trains_to_planted_mrr(tmp_path):
         assert recs[-1]["loss"] < recs[0]["loss"]
         mrr = evaluate(parse_config(test_raw))["overall"]["mrr"]
         assert mrr > 0.12, (parts, mrr)
+
+
+def test_scoring_applies_max_norm_as_the_lookup_does():
+    from pbg_fast.model.scoring import prepared_vectors
+    table = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    x = prepared_vectors(table, None, torch.tensor([0, 1]), "none", None, None, "dot", max_norm=1.0)
+    torch.testing.assert_close(x, torch.tensor([[0.6, 0.8], [0.3, 0.4]]), atol=1e-6, rtol=0)

@@ -11,10 +11,14 @@ from .reference import _pairwise, operator_forward, prepare
 
 
 def prepared_vectors(table: torch.Tensor, glob, ids: torch.Tensor, operator: str, op_params,
-                     rels, comparator: str) -> torch.Tensor:
-    """prepare(op(table[ids] + glob)): what the comparator scores for entities on one side.
-    `glob` (global embedding) and `op_params` may be None (no global vector / no operator)."""
+                     rels, comparator: str, max_norm=None) -> torch.Tensor:
+    """prepare(op(renorm(table[ids]) + glob)): what the comparator scores for entities on one
+    side. `glob` (global embedding) and `op_params` may be None (no global vector / no
+    operator); `max_norm` (PBG's) scales rows longer than it down to it, as the lookup does."""
     x = table[ids]
+    if max_norm:
+        norm = x.norm(dim=1, keepdim=True)
+        x = torch.where(norm > max_norm, x * (max_norm / (norm + 1e-7)), x)
     if glob is not None:
         x = x + glob
     if op_params is not None:
@@ -57,7 +61,7 @@ class LoadedModel:
         params = None if side == "none" else (rp.rhs if side == "rhs" else rp.lhs)
         r = rel_ids if c.dynamic_relations else torch.zeros(len(ids), dtype=torch.long)
         return prepared_vectors(self.embeddings[entity], self.global_embs.get(entity), ids,
-                                rc.operator, params, r, c.comparator)
+                                rc.operator, params, r, c.comparator, c.max_norm)
 
     def pairwise(self, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """[B, D] x [N, D] -> [B, N] scores."""

@@ -324,6 +324,11 @@ class Trainer:
             ids, counts = torch.unique_consecutive(rel_all, return_counts=True)
             starts = torch.cumsum(counts, 0) - counts
             groups = [(int(i), slice(int(s), int(s + n))) for i, s, n in zip(ids, starts, counts)]
+        if held_out is not None and len(held_out[0]):
+            # As PBG: the held-out edges are ranked before and after the bucket trains, against
+            # the same negatives (the generator is seeded the same way both times).
+            before = self._eval_held_out(store, model, *held_out, lp, rp, seed)
+            out.update(eval_before_mrr=before["eval_mrr"], eval_before_hits10=before["eval_hits10"])
         for rel_id, sl in groups:
             if not 0 <= rel_id < len(c.relations):
                 raise DataError(f"edges_{lp}_{rp}.h5: relation id {rel_id} not in the config's "
@@ -346,7 +351,7 @@ class Trainer:
                 c.batch_size, c.num_batch_negs, c.num_uniform_negs, c.disable_lhs_negs,
                 c.disable_rhs_negs, c.dynamic_relations, c.comparator, r.operator, c.loss_fn,
                 c.margin, r.weight, c.lr, relation_lr, self.workers, seed,
-                c.regularization_coef, r.all_negs)
+                c.regularization_coef, r.all_negs, c.max_norm or 0.0)
             s = stats.tolist()
             out["loss"] += s[0]
             out["violators_lhs"] += int(s[1])
@@ -378,7 +383,7 @@ class Trainer:
 
             def vec(table, glob, ids, op_params=None, rels=None):
                 return prepared_vectors(table, glob, ids, r.operator, op_params, rels,
-                                        c.comparator)
+                                        c.comparator, c.max_norm)
 
             nb, nu = c.eval_num_batch_negs or 0, c.eval_num_uniform_negs or 0
             chunk = nb if nb else max(nu, 1)
@@ -412,7 +417,7 @@ class Trainer:
                     pos = _matched(q, true, c.comparator)
                     ranks.append((scores >= pos.unsqueeze(1)).sum(1) + 1)
         rk = torch.cat(ranks).double()
-        return dict(eval_count=len(h), eval_mrr=float((1 / rk).mean()),
+        return dict(eval_count=len(lhs), eval_mrr=float((1 / rk).mean()),
                     eval_hits10=float((rk <= 10).double().mean()))
 
 

@@ -71,19 +71,30 @@ def test_all_negs_dynamic_relations_match_reference(comparator, loss):
     torch.testing.assert_close(got[3], exp_lhs_op, rtol=1e-9, atol=1e-12)
 
 
-def test_all_negs_static_relation_with_global_embedding_matches_reference():
+def renorm(emb, max_norm):
+    """PBG's max_norm on lookup (torch.embedding_renorm_)."""
+    norm = emb.norm(dim=1, keepdim=True)
+    return torch.where(norm > max_norm, emb * (max_norm / (norm + 1e-7)), emb)
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 0.6])
+def test_all_negs_static_relation_with_global_embedding_matches_reference(max_norm):
     dtype, n, d, e, lr, rlr = torch.float64, 15, 5, 11, 0.1, 0.07
     emb, state, lhs, rhs, _, _ = setup(n, d, e, "none", 1, dtype, seed=2)
+    if max_norm:  # all_negs looks up every row: all are renormalised before the step
+        emb_used = renorm(emb, max_norm)
+        assert not torch.equal(emb_used, emb)
     glob = torch.randn(d, dtype=dtype) * 0.2
     params = torch.zeros(1, 0, dtype=dtype)
     none = torch.zeros(1, 0, dtype=torch.long)
     rel0 = torch.zeros(e, dtype=torch.long)
-    out = ref.chunk_step(emb, emb, lhs, rhs, rel0, params, none, none, None, glob, glob, e,
+    src = emb_used if max_norm else emb
+    out = ref.chunk_step(src, src, lhs, rhs, rel0, params, none, none, None, glob, glob, e,
                          "all", "all", "cos", "none", "softmax", 0.1, 0.0)
     rows = torch.arange(n)
     g_tab = torch.zeros_like(emb)
     g_tab.index_add_(0, torch.cat([lhs, rows]), out[1]).index_add_(0, torch.cat([rhs, rows]), out[2])
-    exp_emb, exp_state = row_adagrad(emb, state, g_tab, lr)
+    exp_emb, exp_state = row_adagrad(src, state, g_tab, lr)
     exp_glob, _ = dense_adagrad(glob, torch.zeros_like(glob), out[4] + out[5], rlr)
 
     got_emb, got_state, got_glob = emb.clone(), state.clone(), glob.clone()
@@ -92,7 +103,7 @@ def test_all_negs_static_relation_with_global_embedding_matches_reference():
         got_emb, got_state, got_emb, got_state, params.clone(), params.clone(),
         torch.zeros(0, 0, dtype=dtype), torch.zeros(0, 0, dtype=dtype), got_glob, glob_state,
         got_glob, glob_state, lhs, rhs, torch.zeros(0, dtype=torch.long), None, e, 50, 0, False,
-        False, False, "cos", "none", "softmax", 0.1, 1.0, lr, rlr, 1, 3, 0.0, True)
+        False, False, "cos", "none", "softmax", 0.1, 1.0, lr, rlr, 1, 3, 0.0, True, max_norm)
     torch.testing.assert_close(stats[0].item(), out[0].item(), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got_emb, exp_emb, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(got_state, exp_state, rtol=1e-9, atol=1e-12)
@@ -108,3 +119,29 @@ def test_all_negs_static_relation_refuses_an_operator():
             z, z.clone(), z.clone(), z.clone(), lhs, rhs, torch.zeros(0, dtype=torch.long), None,
             10, 5, 0, False, False, False, "dot", "diagonal", "softmax", 0.1, 1.0, 0.1, 0.1, 1, 0,
             0.0, True)
+
+
+def test_max_norm_renormalises_every_looked_up_row_in_place():
+    """Sampled negatives, lr = 0: training only renormalises the rows it looks up (the edges'
+    rows at least), keeping their direction; rows within max_norm are untouched."""
+    n, d, e, max_norm = 300, 8, 200, 1.0
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(n, d, generator=g) * torch.rand(n, 1, generator=g) * 0.8
+    before = emb.clone()
+    state = torch.zeros(n)
+    lhs = torch.randint(0, n, (e,), generator=g)
+    rhs = torch.randint(0, n, (e,), generator=g)
+    none, z = torch.zeros(1, 0), torch.zeros(0)
+    torch.ops.pbg_fast.train_bucket_(
+        emb, state, emb, state, none, none.clone(), torch.zeros(0, 0), torch.zeros(0, 0), z,
+        z.clone(), z.clone(), z.clone(), lhs, rhs, torch.zeros(0, dtype=torch.long), None, 50, 10,
+        10, False, False, False, "dot", "none", "softmax", 0.1, 1.0, 0.0, 0.0, 2, 0, 0.0, False,
+        max_norm)
+    norms, old = emb.norm(dim=1), before.norm(dim=1)
+    looked_up = torch.unique(torch.cat([lhs, rhs]))
+    assert (old[looked_up] > max_norm).sum() > 20  # the test exercises the renorm
+    assert (norms[looked_up] <= max_norm + 1e-5).all()
+    short = old <= max_norm
+    assert torch.equal(emb[short], before[short])
+    cos = torch.nn.functional.cosine_similarity(emb, before, dim=1)
+    assert (cos > 1 - 1e-6).all()
