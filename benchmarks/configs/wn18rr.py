@@ -17,7 +17,7 @@ def get_torchbiggraph_config():
         dimension=400,
         global_emb=False,
         comparator="dot",
-        num_epochs=20,  # PBG's FB15k config: 50, without regularisation
+        num_epochs=30,  # PBG's FB15k config: 50, without regularisation
         num_uniform_negs=1000,
         loss_fn="softmax",
         lr=0.2,  # PBG's FB15k config: 0.1
