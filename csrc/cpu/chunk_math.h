@@ -104,6 +104,7 @@ void neg_backward_to_query(const T* q, int64_t p, const T* nr, int64_t n, int64_
   if (ComparatorTraits<C>::uses_norms) {
     for (int64_t i = 0; i < p; ++i) {
       T r = 0;
+      PBG_SIMD_REDUCE(+ : r)
       for (int64_t j = 0; j < n; ++j) r += G[i * n + j];
       axpy_row(-r, q + i * d, gq + i * d, d);
     }

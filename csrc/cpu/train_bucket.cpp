@@ -103,7 +103,7 @@ struct RowCoalescer {
       return;
     }
     // The rows are random accesses into a big table: prefetch a few ahead (see gather_rows).
-    constexpr size_t ahead = 6;
+    constexpr size_t ahead = 16;
     auto prefetch = [&](size_t i) {
       const char* p = reinterpret_cast<const char*>(emb + rows[i] * dim);
       for (int64_t b = 0; b < dim * int64_t(sizeof(T)); b += 64) __builtin_prefetch(p + b, 1);
@@ -159,6 +159,7 @@ struct Shared {
 template <typename T>
 inline void renorm_row(T* w, int64_t d, T max_norm) {
   T s = 0;
+  PBG_SIMD_REDUCE(+ : s)
   for (int64_t k = 0; k < d; ++k) s += w[k] * w[k];
   const T norm = std::sqrt(s);
   if (norm > max_norm) {

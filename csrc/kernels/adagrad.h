@@ -12,6 +12,7 @@ namespace pbg {
 template <typename T>
 PBG_HD void row_adagrad_step(T* w, T* state, const T* g, int64_t d, T lr, T eps) {
   T s = 0;
+  PBG_SIMD_REDUCE(+ : s)  // vector partial sums: no d-long chain of dependent adds
   for (int64_t k = 0; k < d; ++k) s += g[k] * g[k];
   const T st = *state + (d > 0 ? s / T(d) : T(0));
   *state = st;

@@ -18,6 +18,7 @@ namespace pbg {
 template <typename T>
 PBG_HD T dot(const T* a, const T* b, int64_t d) {
   T s = 0;
+  PBG_SIMD_REDUCE(+ : s)  // vector partial sums: no d-long chain of dependent adds
   for (int64_t k = 0; k < d; ++k) s += a[k] * b[k];
   return s;
 }
@@ -30,6 +31,7 @@ PBG_HD T squared_norm(const T* a, int64_t d) {
 template <typename T>
 PBG_HD T squared_dist(const T* a, const T* b, int64_t d) {
   T s = 0;
+  PBG_SIMD_REDUCE(+ : s)
   for (int64_t k = 0; k < d; ++k) {
     const T t = a[k] - b[k];
     s += t * t;
@@ -113,6 +115,7 @@ PBG_HD T n3_row(const T* x, T* g, int64_t d, T coef, bool complex_pairs) {
   T total = 0;
   if (complex_pairs) {
     const int64_t h = d / 2;
+    PBG_SIMD_REDUCE(+ : total)
     for (int64_t k = 0; k < h; ++k) {
       const T m = sqrt(x[k] * x[k] + x[h + k] * x[h + k]);
       total += m * m * m;
@@ -120,6 +123,7 @@ PBG_HD T n3_row(const T* x, T* g, int64_t d, T coef, bool complex_pairs) {
       g[h + k] += T(3) * coef * m * x[h + k];
     }
   } else {
+    PBG_SIMD_REDUCE(+ : total)
     for (int64_t k = 0; k < d; ++k) {
       const T m = x[k] > T(0) ? x[k] : -x[k];
       total += m * m * m;

@@ -27,6 +27,7 @@ PBG_HD void operator_forward_row(const T* x, const T* p, T* y, int64_t d) {
     for (int64_t i = 0; i < d; ++i) {
       T s = O == Operator::Affine ? p[d * d + i] : T(0);
       const T* row = p + i * d;
+      PBG_SIMD_REDUCE(+ : s)
       for (int64_t j = 0; j < d; ++j) s += row[j] * x[j];
       y[i] = s;
     }
