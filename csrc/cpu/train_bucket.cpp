@@ -54,6 +54,7 @@ struct RowCoalescer {
   std::vector<int64_t> table;  // slot -> index into rows, -1 empty
   std::vector<int64_t> rows;
   std::vector<T> sums;
+  mutable std::vector<T> scales;  // apply's per-row step sizes
   void reset_dense(int64_t n, int64_t d) {
     dim = d;
     dense_rows = n;
@@ -102,17 +103,25 @@ struct RowCoalescer {
         row_adagrad_step(emb + r * dim, state + r, sums.data() + r * dim, dim, lr, eps);
       return;
     }
-    // The rows are random accesses into a big table: prefetch a few ahead (see gather_rows).
-    constexpr size_t ahead = 16;
+    // The rows are random accesses into big tables. Two passes: every row's state first (one
+    // line each, prefetched far ahead, so many misses overlap), then the rows themselves
+    // (prefetched a few rows ahead, see gather_rows).
+    const size_t n = rows.size();
+    scales.resize(n);
+    constexpr size_t state_ahead = 32, row_ahead = 8;
+    for (size_t i = 0; i < std::min(state_ahead, n); ++i) __builtin_prefetch(state + rows[i], 1);
+    for (size_t i = 0; i < n; ++i) {
+      if (i + state_ahead < n) __builtin_prefetch(state + rows[i + state_ahead], 1);
+      scales[i] = row_adagrad_state(state + rows[i], sums.data() + i * dim, dim, lr, eps);
+    }
     auto prefetch = [&](size_t i) {
       const char* p = reinterpret_cast<const char*>(emb + rows[i] * dim);
       for (int64_t b = 0; b < dim * int64_t(sizeof(T)); b += 64) __builtin_prefetch(p + b, 1);
-      __builtin_prefetch(state + rows[i], 1);
     };
-    for (size_t i = 0; i < std::min(ahead, rows.size()); ++i) prefetch(i);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      if (i + ahead < rows.size()) prefetch(i + ahead);
-      row_adagrad_step(emb + rows[i] * dim, state + rows[i], sums.data() + i * dim, dim, lr, eps);
+    for (size_t i = 0; i < std::min(row_ahead, n); ++i) prefetch(i);
+    for (size_t i = 0; i < n; ++i) {
+      if (i + row_ahead < n) prefetch(i + row_ahead);
+      row_adagrad_apply(emb + rows[i] * dim, sums.data() + i * dim, dim, scales[i]);
     }
   }
 };
