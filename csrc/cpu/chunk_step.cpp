@@ -115,8 +115,22 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   const T* d_neg = dst_all ? tb.dst_all : DN + dn_off * D;
   const T* d_neg_aux = dst_all ? tb.dst_all_aux : aux_d + dn_off;
   pos_scores<C>(SN, DN, P, D, pos);
-  neg_scores<C>(DN, aux_d, P, s_neg, s_neg_aux, Ns, D, S1);
-  neg_scores<C>(SN, aux_s, P, d_neg, d_neg_aux, Nd, D, S2);
+  // Both sides in-chunk (static relations): the in-chunk blocks of the two score matrices are
+  // transposes of each other (S1[i, j] = s(dst_i, src_j) = S2[j, i]), so one P x P GEMM serves
+  // both, and in the backward their gradients combine into one matrix: 9 P x P x D GEMM units
+  // per chunk instead of 12 (U = P). Dot and cos only: the distance comparators' norm terms
+  // keep the general path.
+  const bool share = !ComparatorTraits<C>::uses_norms && src_batch && dst_batch;
+  if (share) {
+    gemm(Trans::N, Trans::T, P, P, D, T(1), SN, D, DN, D, T(0), S2, Nd);
+    for (int64_t i = 0; i < P; ++i)
+      for (int64_t j = 0; j < P; ++j) S1[i * Ns + j] = S2[j * Nd + i];
+    if (Us > 0) gemm(Trans::N, Trans::T, P, Us, D, T(1), DN, D, SN + P * D, D, T(0), S1 + P, Ns);
+    if (Ud > 0) gemm(Trans::N, Trans::T, P, Ud, D, T(1), SN, D, DN + P * D, D, T(0), S2 + P, Nd);
+  } else {
+    neg_scores<C>(DN, aux_d, P, s_neg, s_neg_aux, Ns, D, S1);
+    neg_scores<C>(SN, aux_s, P, d_neg, d_neg_aux, Nd, D, S2);
+  }
   // The negative that is the edge's own entity is masked, as PBG does.
   if (src_on && src_batch)
     for (int64_t i = 0; i < P; ++i) S1[i * Ns + i] = T(kMaskedScore);
@@ -155,23 +169,40 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
 
   // 5. Backward through the score GEMMs. The negatives' GEMMs write their rows (beta = 0) first;
   // the rows they do not cover are zeroed; then the queries' GEMMs accumulate.
-  // All: the negatives' gradient accumulates into the caller's table-sized buffer.
-  if (src_all) {
-    if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, out.src_all, T(1));
-    std::fill(gSN, gSN + RS * D, T(0));
+  if (share) {
+    // H = G2[:, :P] + G1[:, :P]^T = dL/d<src_i, dst_j>, in place in G2's block. Every row of
+    // gSN and gDN is written (beta = 0) before anything accumulates into it.
+    for (int64_t i = 0; i < P; ++i)
+      for (int64_t j = 0; j < P; ++j) G2[i * Nd + j] += G1[j * Ns + i];
+    gemm(Trans::N, Trans::N, P, D, P, T(1), G2, Nd, DN, D, T(0), gSN, D);
+    gemm(Trans::T, Trans::N, P, D, P, T(1), G2, Nd, SN, D, T(0), gDN, D);
+    if (Us > 0) {  // uniform src negatives: scored against the dst queries (S1's right block)
+      gemm(Trans::T, Trans::N, Us, D, P, T(1), G1 + P, Ns, DN, D, T(0), gSN + P * D, D);
+      gemm(Trans::N, Trans::N, P, D, Us, T(1), G1 + P, Ns, SN + P * D, D, T(1), gDN, D);
+    }
+    if (Ud > 0) {  // uniform dst negatives: scored against the src queries (S2's right block)
+      gemm(Trans::T, Trans::N, Ud, D, P, T(1), G2 + P, Nd, SN, D, T(0), gDN + P * D, D);
+      gemm(Trans::N, Trans::N, P, D, Ud, T(1), G2 + P, Nd, DN + P * D, D, T(1), gSN, D);
+    }
   } else {
-    if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, gSN + sn_off * D, T(0));
-    std::fill(gSN, gSN + (Ns > 0 ? sn_off : RS) * D, T(0));
+    if (src_all) {
+      // All: the negatives' gradient accumulates into the caller's table-sized buffer.
+      if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, out.src_all, T(1));
+      std::fill(gSN, gSN + RS * D, T(0));
+    } else {
+      if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, gSN + sn_off * D, T(0));
+      std::fill(gSN, gSN + (Ns > 0 ? sn_off : RS) * D, T(0));
+    }
+    if (dst_all) {
+      if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, out.dst_all, T(1));
+      std::fill(gDN, gDN + RD * D, T(0));
+    } else {
+      if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, gDN + dn_off * D, T(0));
+      std::fill(gDN, gDN + (Nd > 0 ? dn_off : RD) * D, T(0));
+    }
+    neg_backward_to_query<C>(DN, P, s_neg, Ns, D, G1, gDN);
+    neg_backward_to_query<C>(SN, P, d_neg, Nd, D, G2, gSN);
   }
-  if (dst_all) {
-    if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, out.dst_all, T(1));
-    std::fill(gDN, gDN + RD * D, T(0));
-  } else {
-    if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, gDN + dn_off * D, T(0));
-    std::fill(gDN, gDN + (Nd > 0 ? dn_off : RD) * D, T(0));
-  }
-  neg_backward_to_query<C>(DN, P, s_neg, Ns, D, G1, gDN);
-  neg_backward_to_query<C>(SN, P, d_neg, Nd, D, G2, gSN);
   pos_scores_backward<C>(SN, DN, pos, gpos, P, D, gSN, gDN);
 
   // 6. Back through "prepare" and the operator, into the outputs.
