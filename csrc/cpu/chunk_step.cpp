@@ -65,10 +65,14 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   T* p = ws.buf.data();
   auto take = [&p](size_t n) { T* r = p; p += n; return r; };
   T* SN = take(RS * D);                      // src rows (prepared)
-  T* gSN = take(RS * D);                     // dL/d prepared src rows
+  // dL/d prepared src rows: straight into the output when its rows are contiguous (the bucket
+  // op lays each chunk's gradient rows out that way), else a buffer copied out at the end.
+  const bool src_inplace = Us == 0 || out.src_uni == out.src_pos + P * D;
+  T* gSN = src_inplace ? (take(RS * D), out.src_pos) : take(RS * D);
   T* DNraw = take(RD * D);                   // dst rows as stored
   T* DN = has_op ? take(RD * D) : DNraw;     // dst rows after the operator (prepared)
-  T* gDN = take(RD * D);                     // dL/d prepared dst rows
+  const bool dst_inplace = !has_op && (Ud == 0 || out.dst_uni == out.dst_pos + P * D);
+  T* gDN = dst_inplace ? (take(RD * D), out.dst_pos) : take(RD * D);  // dL/d prepared dst rows
   T* S1 = take(P * Ns);                      // src-negative scores [P, Ns]: s(src_neg_j, dst_p)
   T* G1 = take(P * Ns);
   T* S2 = take(P * Nd);                      // dst-negative scores [P, Nd]: s(src_p, dst_neg_j)
@@ -210,12 +214,16 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   prepare_rows_backward<C>(DN, aux_d, gDN, RD, D);
   if (out.src_global)
     for (int64_t r = 0; r < RS; ++r) axpy_row(T(1), gSN + r * D, out.src_global, D);
-  std::memcpy(out.src_pos, gSN, P * D * sizeof(T));
-  if (Us > 0) std::memcpy(out.src_uni, gSN + P * D, Us * D * sizeof(T));
+  if (!src_inplace) {
+    std::memcpy(out.src_pos, gSN, P * D * sizeof(T));
+    if (Us > 0) std::memcpy(out.src_uni, gSN + P * D, Us * D * sizeof(T));
+  }
   auto dst_out = [&](int64_t r) { return r < P ? out.dst_pos + r * D : out.dst_uni + (r - P) * D; };
   if (!has_op) {
-    std::memcpy(out.dst_pos, gDN, P * D * sizeof(T));
-    if (Ud > 0) std::memcpy(out.dst_uni, gDN + P * D, Ud * D * sizeof(T));
+    if (!dst_inplace) {
+      std::memcpy(out.dst_pos, gDN, P * D * sizeof(T));
+      if (Ud > 0) std::memcpy(out.dst_uni, gDN + P * D, Ud * D * sizeof(T));
+    }
   } else if ((O == Operator::Linear || O == Operator::Affine) && one_rel) {
     const int64_t rel0 = rel_of(0);
     const T* M = tb.op_params + rel0 * K;

@@ -53,7 +53,10 @@ struct RowCoalescer {
   int64_t dense_rows = -1;     // >= 0: dense mode over this many rows
   std::vector<int64_t> table;  // slot -> index into rows, -1 empty
   std::vector<int64_t> rows;
-  std::vector<T> sums;
+  // Sparse mode: each distinct row's summed gradient lives in the caller's buffer, in the first
+  // gradient row added for it (later ones are added into it): no copy of the batch's gradients.
+  std::vector<T*> grads;
+  std::vector<T> sums;  // dense mode
   mutable std::vector<T> scales;  // apply's per-row step sizes
   void reset_dense(int64_t n, int64_t d) {
     dim = d;
@@ -70,9 +73,10 @@ struct RowCoalescer {
     while (cap < 2 * max_rows) cap <<= 1;
     table.assign(cap, -1);
     rows.clear();
-    if (static_cast<int64_t>(sums.size()) < max_rows * d) sums.resize(max_rows * d);
+    grads.clear();
   }
-  void add(int64_t row, const T* g) {
+  // g must stay valid (and is written: duplicates accumulate into the first) until apply().
+  void add(int64_t row, T* g) {
     if (dense_rows >= 0) {
       axpy(g, sums.data() + row * dim);
       return;
@@ -84,11 +88,11 @@ struct RowCoalescer {
       if (slot < 0) {
         slot = static_cast<int64_t>(rows.size());
         rows.push_back(row);
-        std::memcpy(sums.data() + slot * dim, g, dim * sizeof(T));
+        grads.push_back(g);
         return;
       }
       if (rows[slot] == row) {
-        axpy(g, sums.data() + slot * dim);
+        axpy(g, grads[slot]);
         return;
       }
       ++h;
@@ -112,7 +116,7 @@ struct RowCoalescer {
     for (size_t i = 0; i < std::min(state_ahead, n); ++i) __builtin_prefetch(state + rows[i], 1);
     for (size_t i = 0; i < n; ++i) {
       if (i + state_ahead < n) __builtin_prefetch(state + rows[i + state_ahead], 1);
-      scales[i] = row_adagrad_state(state + rows[i], sums.data() + i * dim, dim, lr, eps);
+      scales[i] = row_adagrad_state(state + rows[i], grads[i], dim, lr, eps);
     }
     auto prefetch = [&](size_t i) {
       const char* p = reinterpret_cast<const char*>(emb + rows[i] * dim);
@@ -121,7 +125,7 @@ struct RowCoalescer {
     for (size_t i = 0; i < std::min(row_ahead, n); ++i) prefetch(i);
     for (size_t i = 0; i < n; ++i) {
       if (i + row_ahead < n) prefetch(i + row_ahead);
-      row_adagrad_apply(emb + rows[i] * dim, sums.data() + i * dim, dim, scales[i]);
+      row_adagrad_apply(emb + rows[i] * dim, grads[i], dim, scales[i]);
     }
   }
 };
@@ -195,7 +199,13 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
   std::vector<T> wts(Bmax);
   std::vector<int64_t> lhs_uni(Cmax * U), rhs_uni(Cmax * U);
   // Gradient rows of one direction: positives then uniform negatives, per side.
-  std::vector<T> g_src((Bmax + Cmax * U) * D), g_dst((Bmax + Cmax * U) * D);
+  // Gradient rows per direction (both stay alive until the batch's apply), laid out per chunk
+  // as [positives | uniform negatives], contiguous, so the chunk step writes them in place.
+  std::vector<T> g_src_buf[2], g_dst_buf[2];
+  for (int d = 0; d < (sh.dynamic ? 2 : 1); ++d) {
+    g_src_buf[d].resize(Cmax * (cs + U) * D);
+    g_dst_buf[d].resize(Cmax * (cs + U) * D);
+  }
   std::vector<T> g_rhs_op(R * K), g_lhs_op(sh.dynamic ? R * K : 0);
   std::vector<T> g_glob(2 * D);
   std::vector<char> rel_touched(R, 0);
@@ -307,6 +317,8 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       }
       T* op = reversed ? sh.lhs_op : sh.rhs_op;
       T* gop = reversed ? g_lhs_op.data() : g_rhs_op.data();
+      T* g_src = g_src_buf[reversed].data();
+      T* g_dst = g_dst_buf[reversed].data();
       const T* sglob = reversed ? sh.rhs_glob : sh.lhs_glob;
       const T* dglob = reversed ? sh.lhs_glob : sh.rhs_glob;
       T* g_sglob = sglob ? g_glob.data() + (reversed ? D : 0) : nullptr;
@@ -328,9 +340,10 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
         const int64_t b0 = c * cs, P = std::min(cs, n - b0);
         ChunkInput in{sidx + b0, didx + b0, rel_idx.data() + b0, P, suni + c * Us, Us,
                       duni + c * Ud, Ud};
-        ChunkGrads<T> out{g_src.data() + b0 * D, g_src.data() + (n + c * Us) * D,
-                          g_dst.data() + b0 * D, g_dst.data() + (n + c * Ud) * D, gop, g_sglob,
-                          g_dglob, g_src_all, g_dst_all};
+        T* gs = g_src + (b0 + c * Us) * D;  // this chunk's [P | Us] src rows
+        T* gd = g_dst + (b0 + c * Ud) * D;
+        ChunkGrads<T> out{gs, gs + P * D, gd, gd + P * D, gop, g_sglob, g_dglob, g_src_all,
+                          g_dst_all};
         const ChunkStats cst =
             chunk_step_one<T>(sh.cmp, sh.op, sh.loss, tables, cfg, in, wts.data() + b0, out, ws);
         st.loss += cst.loss;
@@ -339,10 +352,15 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       }
       RowCoalescer<T>& to_src = reversed ? to_rhs : to_lhs;
       RowCoalescer<T>& to_dst = reversed ? to_lhs : to_rhs;
-      for (int64_t i = 0; i < n; ++i) to_src.add(sidx[i], g_src.data() + i * D);
-      for (int64_t k = 0; k < C * Us; ++k) to_src.add(suni[k], g_src.data() + (n + k) * D);
-      for (int64_t i = 0; i < n; ++i) to_dst.add(didx[i], g_dst.data() + i * D);
-      for (int64_t k = 0; k < C * Ud; ++k) to_dst.add(duni[k], g_dst.data() + (n + k) * D);
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t b0 = c * cs, P = std::min(cs, n - b0);
+        T* gs = g_src + (b0 + c * Us) * D;
+        T* gd = g_dst + (b0 + c * Ud) * D;
+        for (int64_t i = 0; i < P; ++i) to_src.add(sidx[b0 + i], gs + i * D);
+        for (int64_t k = 0; k < Us; ++k) to_src.add(suni[c * Us + k], gs + (P + k) * D);
+        for (int64_t i = 0; i < P; ++i) to_dst.add(didx[b0 + i], gd + i * D);
+        for (int64_t k = 0; k < Ud; ++k) to_dst.add(duni[c * Ud + k], gd + (P + k) * D);
+      }
     };
     direction(false);
     if (sh.dynamic) direction(true);
