@@ -126,11 +126,12 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   // keep the general path.
   const bool share = !ComparatorTraits<C>::uses_norms && src_batch && dst_batch;
   if (share) {
-    gemm(Trans::N, Trans::T, P, P, D, T(1), SN, D, DN, D, T(0), S2, Nd);
+    // S2 whole (its rows: the dst rows [positives | uniform] are contiguous), then S1's
+    // in-chunk block by transposition and its uniform block.
+    gemm(Trans::N, Trans::T, P, Nd, D, T(1), SN, D, DN, D, T(0), S2, Nd);
     for (int64_t i = 0; i < P; ++i)
       for (int64_t j = 0; j < P; ++j) S1[i * Ns + j] = S2[j * Nd + i];
     if (Us > 0) gemm(Trans::N, Trans::T, P, Us, D, T(1), DN, D, SN + P * D, D, T(0), S1 + P, Ns);
-    if (Ud > 0) gemm(Trans::N, Trans::T, P, Ud, D, T(1), SN, D, DN + P * D, D, T(0), S2 + P, Nd);
   } else {
     neg_scores<C>(DN, aux_d, P, s_neg, s_neg_aux, Ns, D, S1);
     neg_scores<C>(SN, aux_s, P, d_neg, d_neg_aux, Nd, D, S2);
@@ -174,20 +175,19 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   // 5. Backward through the score GEMMs. The negatives' GEMMs write their rows (beta = 0) first;
   // the rows they do not cover are zeroed; then the queries' GEMMs accumulate.
   if (share) {
-    // H = G2[:, :P] + G1[:, :P]^T = dL/d<src_i, dst_j>, in place in G2's block. Every row of
-    // gSN and gDN is written (beta = 0) before anything accumulates into it.
+    // H = G2[:, :P] + G1[:, :P]^T = dL/d<src_i, dst_j>, into G2's in-chunk block, and H^T into
+    // G1's. Then each side's positive rows take one GEMM over [in-chunk | uniform] columns,
+    // and each side's uniform rows one more: 4 calls.
     for (int64_t i = 0; i < P; ++i)
       for (int64_t j = 0; j < P; ++j) G2[i * Nd + j] += G1[j * Ns + i];
-    gemm(Trans::N, Trans::N, P, D, P, T(1), G2, Nd, DN, D, T(0), gSN, D);
-    gemm(Trans::T, Trans::N, P, D, P, T(1), G2, Nd, SN, D, T(0), gDN, D);
-    if (Us > 0) {  // uniform src negatives: scored against the dst queries (S1's right block)
-      gemm(Trans::T, Trans::N, Us, D, P, T(1), G1 + P, Ns, DN, D, T(0), gSN + P * D, D);
-      gemm(Trans::N, Trans::N, P, D, Us, T(1), G1 + P, Ns, SN + P * D, D, T(1), gDN, D);
-    }
-    if (Ud > 0) {  // uniform dst negatives: scored against the src queries (S2's right block)
-      gemm(Trans::T, Trans::N, Ud, D, P, T(1), G2 + P, Nd, SN, D, T(0), gDN + P * D, D);
-      gemm(Trans::N, Trans::N, P, D, Ud, T(1), G2 + P, Nd, DN + P * D, D, T(1), gSN, D);
-    }
+    for (int64_t i = 0; i < P; ++i)
+      for (int64_t j = 0; j < P; ++j) G1[i * Ns + j] = G2[j * Nd + i];
+    gemm(Trans::N, Trans::N, P, D, Nd, T(1), G2, Nd, DN, D, T(0), gSN, D);
+    gemm(Trans::N, Trans::N, P, D, Ns, T(1), G1, Ns, SN, D, T(0), gDN, D);
+    // The uniform rows: src ones are scored against the dst queries (S1's right block), dst
+    // ones against the src queries (S2's right block).
+    if (Us > 0) gemm(Trans::T, Trans::N, Us, D, P, T(1), G1 + P, Ns, DN, D, T(0), gSN + P * D, D);
+    if (Ud > 0) gemm(Trans::T, Trans::N, Ud, D, P, T(1), G2 + P, Nd, SN, D, T(0), gDN + P * D, D);
   } else {
     if (src_all) {
       // All: the negatives' gradient accumulates into the caller's table-sized buffer.
