@@ -189,21 +189,16 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
     if (Us > 0) gemm(Trans::T, Trans::N, Us, D, P, T(1), G1 + P, Ns, DN, D, T(0), gSN + P * D, D);
     if (Ud > 0) gemm(Trans::T, Trans::N, Ud, D, P, T(1), G2 + P, Nd, SN, D, T(0), gDN + P * D, D);
   } else {
-    if (src_all) {
-      // All: the negatives' gradient accumulates into the caller's table-sized buffer.
-      if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, out.src_all, T(1));
-      std::fill(gSN, gSN + RS * D, T(0));
-    } else {
-      if (Ns > 0) neg_backward_to_neg<C>(DN, P, s_neg, Ns, D, G1, gSN + sn_off * D, T(0));
-      std::fill(gSN, gSN + (Ns > 0 ? sn_off : RS) * D, T(0));
-    }
-    if (dst_all) {
-      if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, out.dst_all, T(1));
-      std::fill(gDN, gDN + RD * D, T(0));
-    } else {
-      if (Nd > 0) neg_backward_to_neg<C>(SN, P, d_neg, Nd, D, G2, gDN + dn_off * D, T(0));
-      std::fill(gDN, gDN + (Nd > 0 ? dn_off : RD) * D, T(0));
-    }
+    // One side's negatives: their gradient rows (beta = 0; with 'all', accumulated into the
+    // caller's table-sized buffer), and the side's other rows zeroed.
+    auto negatives_backward = [&](bool all, const T* queries, const T* negs, int64_t N,
+                                  const T* G, T* g_rows, int64_t off, int64_t rows, T* g_all) {
+      if (N > 0) neg_backward_to_neg<C>(queries, P, negs, N, D, G, all ? g_all : g_rows + off * D,
+                                        T(all ? 1 : 0));
+      std::fill(g_rows, g_rows + (N > 0 && !all ? off : rows) * D, T(0));
+    };
+    negatives_backward(src_all, DN, s_neg, Ns, G1, gSN, sn_off, RS, out.src_all);
+    negatives_backward(dst_all, SN, d_neg, Nd, G2, gDN, dn_off, RD, out.dst_all);
     neg_backward_to_query<C>(DN, P, s_neg, Ns, D, G1, gDN);
     neg_backward_to_query<C>(SN, P, d_neg, Nd, D, G2, gSN);
   }
