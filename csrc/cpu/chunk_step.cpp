@@ -68,11 +68,13 @@ ChunkStats run_chunk(const ChunkTables<T>& tb, const ChunkConfig<T>& cfg, const 
   // dL/d prepared src rows: straight into the output when its rows are contiguous (the bucket
   // op lays each chunk's gradient rows out that way), else a buffer copied out at the end.
   const bool src_inplace = Us == 0 || out.src_uni == out.src_pos + P * D;
-  T* gSN = src_inplace ? (take(RS * D), out.src_pos) : take(RS * D);
+  T* gSN_buf = take(RS * D);
+  T* gSN = src_inplace ? out.src_pos : gSN_buf;
   T* DNraw = take(RD * D);                   // dst rows as stored
   T* DN = has_op ? take(RD * D) : DNraw;     // dst rows after the operator (prepared)
   const bool dst_inplace = !has_op && (Ud == 0 || out.dst_uni == out.dst_pos + P * D);
-  T* gDN = dst_inplace ? (take(RD * D), out.dst_pos) : take(RD * D);  // dL/d prepared dst rows
+  T* gDN_buf = take(RD * D);
+  T* gDN = dst_inplace ? out.dst_pos : gDN_buf;  // dL/d prepared dst rows
   T* S1 = take(P * Ns);                      // src-negative scores [P, Ns]: s(src_neg_j, dst_p)
   T* G1 = take(P * Ns);
   T* S2 = take(P * Nd);                      // dst-negative scores [P, Nd]: s(src_p, dst_neg_j)

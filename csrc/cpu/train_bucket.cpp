@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../kernels/adagrad.h"
+#include "../kernels/comparators.h"
 #include "blas.h"
 #include "chunk_step.h"
 #include "dispatch.h"
@@ -171,15 +172,36 @@ struct Shared {
 // whose norm exceeds max_norm is scaled in place to max_norm / (norm + 1e-7) of itself.
 template <typename T>
 inline void renorm_row(T* w, int64_t d, T max_norm) {
-  T s = 0;
-  PBG_SIMD_REDUCE(+ : s)
-  for (int64_t k = 0; k < d; ++k) s += w[k] * w[k];
-  const T norm = std::sqrt(s);
+  const T norm = std::sqrt(squared_norm(w, d));
   if (norm > max_norm) {
     const T scale = max_norm / (norm + T(1e-7));
     for (int64_t k = 0; k < d; ++k) w[k] *= scale;
   }
 }
+
+// all_negs: one table as every chunk's negatives. Prepared once per batch (global vector and the
+// comparator's prepare), with dL/d(prepared rows) collected over the batch's chunks and, at the
+// end, taken back through the prepare into the table's dense coalescer.
+template <typename T>
+struct AllTable {
+  const T* emb;
+  int64_t rows;
+  const T* global;       // or null
+  int64_t global_slot;   // offset of this table's global gradient in the worker's g_glob
+  RowCoalescer<T>* sink;
+  std::vector<T> buf, aux, grad;
+  const T* prepared = nullptr;
+
+  void prepare(Comparator cmp, int64_t d) {
+    prepared = prepare_all_table<T>(cmp, emb, d, rows, d, global, buf, aux);
+    grad.assign(rows * d, T(0));
+  }
+  void finish(Comparator cmp, int64_t d, T* g_glob) {
+    prepare_all_table_backward<T>(cmp, prepared, aux.data(), grad.data(), rows, d,
+                                  global ? g_glob + global_slot : nullptr);
+    sink->add_dense(grad.data());
+  }
+};
 
 struct WorkerStats {
   double loss = 0;
@@ -198,7 +220,6 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
   std::vector<int64_t> lhs_idx(Bmax), rhs_idx(Bmax), rel_idx(Bmax);
   std::vector<T> wts(Bmax);
   std::vector<int64_t> lhs_uni(Cmax * U), rhs_uni(Cmax * U);
-  // Gradient rows of one direction: positives then uniform negatives, per side.
   // Gradient rows per direction (both stay alive until the batch's apply), laid out per chunk
   // as [positives | uniform negatives], contiguous, so the chunk step writes them in place.
   std::vector<T> g_src_buf[2], g_dst_buf[2];
@@ -212,11 +233,16 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
   std::vector<int64_t> touched_rels;
   RowCoalescer<T> co_lhs, co_rhs;
   ChunkWorkspace<T> ws;
-  // all_negs: a side's whole table, prepared once per batch, and dL/d(prepared rows).
+  // all_negs: the tables whose every row is a side's negative (one, if both sides share it).
   const bool lhs_all = sh.lhs_mode == NegMode::All, rhs_all = sh.rhs_mode == NegMode::All;
-  const bool share_all = sh.same_table && lhs_all && rhs_all;
-  std::vector<T> lhs_buf, lhs_aux, rhs_buf, rhs_aux, g_lhs_all, g_rhs_all;
-  const T *lhs_prep = nullptr, *rhs_prep = nullptr;
+  RowCoalescer<T>& co_rhs_table = sh.same_table ? co_lhs : co_rhs;
+  AllTable<T> all_lhs{sh.lhs_emb, sh.n_lhs, sh.lhs_glob, 0, &co_lhs};
+  AllTable<T> all_rhs{sh.rhs_emb, sh.n_rhs, sh.rhs_glob, D, &co_rhs_table};
+  AllTable<T>* lhs_tab = lhs_all ? &all_lhs : nullptr;
+  AllTable<T>* rhs_tab = !rhs_all ? nullptr : (sh.same_table && lhs_all) ? &all_lhs : &all_rhs;
+  // A table that is some side's 'all' negatives takes its whole batch gradient densely.
+  const bool lhs_dense = lhs_all || (sh.same_table && rhs_all);
+  const bool rhs_dense = rhs_all || (sh.same_table && lhs_all);
   const int64_t num_batches = (sh.num_edges + Bmax - 1) / Bmax;
   const T eps = T(1e-10);
 
@@ -242,19 +268,19 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     for (int64_t k = 0; k < C * Ul; ++k) lhs_uni[k] = rng.below(sh.n_lhs);
     for (int64_t k = 0; k < C * Ur; ++k) rhs_uni[k] = rng.below(sh.n_rhs);
     if (sh.max_norm > 0) {  // every row this batch looks up, before the chunks read them
-      auto rn = [&](T* table, const int64_t* ids, int64_t count) {
-        for (int64_t i = 0; i < count; ++i) renorm_row(table + ids[i] * D, D, sh.max_norm);
+      // A dense table is looked up whole; otherwise the positives' and uniform rows.
+      auto rn = [&](T* table, bool whole, int64_t rows, const int64_t* pos, const int64_t* uni,
+                    int64_t nuni) {
+        if (whole) {
+          for (int64_t r = 0; r < rows; ++r) renorm_row(table + r * D, D, sh.max_norm);
+          return;
+        }
+        for (int64_t i = 0; i < n; ++i) renorm_row(table + pos[i] * D, D, sh.max_norm);
+        for (int64_t k = 0; k < nuni; ++k) renorm_row(table + uni[k] * D, D, sh.max_norm);
       };
-      rn(sh.lhs_emb, lhs_idx.data(), n);
-      rn(sh.rhs_emb, rhs_idx.data(), n);
-      rn(sh.lhs_emb, lhs_uni.data(), C * Ul);
-      rn(sh.rhs_emb, rhs_uni.data(), C * Ur);
-      if (lhs_all)
-        for (int64_t r = 0; r < sh.n_lhs; ++r) renorm_row(sh.lhs_emb + r * D, D, sh.max_norm);
-      if (rhs_all && !sh.same_table)
-        for (int64_t r = 0; r < sh.n_rhs; ++r) renorm_row(sh.rhs_emb + r * D, D, sh.max_norm);
-      if (rhs_all && sh.same_table && !lhs_all)
-        for (int64_t r = 0; r < sh.n_lhs; ++r) renorm_row(sh.lhs_emb + r * D, D, sh.max_norm);
+      rn(sh.lhs_emb, lhs_dense, sh.n_lhs, lhs_idx.data(), lhs_uni.data(), C * Ul);
+      if (!(sh.same_table && rhs_dense))  // a shared dense table was renormalised just above
+        rn(sh.rhs_emb, rhs_dense, sh.n_rhs, rhs_idx.data(), rhs_uni.data(), C * Ur);
     }
     // Relations touched by this batch: their gradient slots are zeroed, then stepped.
     touched_rels.clear();
@@ -269,30 +295,16 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     }
     std::fill(g_glob.begin(), g_glob.end(), T(0));
     const int64_t max_rows = 2 * (n + C * U);
-    // A table that is some side's 'all' negatives takes its whole batch gradient densely.
-    const bool lhs_dense = lhs_all || (sh.same_table && rhs_all);
-    const bool rhs_dense = rhs_all || (sh.same_table && lhs_all);
     if (sh.same_table) {
       if (lhs_dense) co_lhs.reset_dense(sh.n_lhs, D); else co_lhs.reset(2 * max_rows, D);
     } else {
       if (lhs_dense) co_lhs.reset_dense(sh.n_lhs, D); else co_lhs.reset(max_rows, D);
       if (rhs_dense) co_rhs.reset_dense(sh.n_rhs, D); else co_rhs.reset(max_rows, D);
     }
-    if (lhs_all) {
-      lhs_prep = prepare_all_table<T>(sh.cmp, sh.lhs_emb, D, sh.n_lhs, D, sh.lhs_glob, lhs_buf,
-                                      lhs_aux);
-      g_lhs_all.assign(sh.n_lhs * D, T(0));
-    }
-    if (rhs_all && !share_all) {
-      rhs_prep = prepare_all_table<T>(sh.cmp, sh.rhs_emb, D, sh.n_rhs, D, sh.rhs_glob, rhs_buf,
-                                      rhs_aux);
-      g_rhs_all.assign(sh.n_rhs * D, T(0));
-    }
-    const T* rhs_prep_ = share_all ? lhs_prep : rhs_prep;
-    const T* rhs_aux_ = share_all ? lhs_aux.data() : rhs_aux.data();
-    T* g_rhs_all_ = share_all ? g_lhs_all.data() : g_rhs_all.data();
+    if (lhs_tab) lhs_tab->prepare(sh.cmp, D);
+    if (rhs_tab && rhs_tab != lhs_tab) rhs_tab->prepare(sh.cmp, D);
     RowCoalescer<T>& to_lhs = co_lhs;
-    RowCoalescer<T>& to_rhs = sh.same_table ? co_lhs : co_rhs;
+    RowCoalescer<T>& to_rhs = co_rhs_table;
 
     // One direction over all chunks of the batch: src rows -> src table, dst rows -> dst table.
     auto direction = [&](bool reversed) {
@@ -325,16 +337,18 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       T* g_dglob = dglob ? g_glob.data() + (reversed ? 0 : D) : nullptr;
       ChunkTables<T> tables{src_emb, D, dst_emb, D, op, K, D, sglob, dglob};
       T *g_src_all = nullptr, *g_dst_all = nullptr;
-      auto set_all = [&](bool lhs_table, const T*& rows, const T*& aux, int64_t& count, T*& g) {
-        rows = lhs_table ? lhs_prep : rhs_prep_;
-        aux = lhs_table ? lhs_aux.data() : rhs_aux_;
-        count = lhs_table ? sh.n_lhs : sh.n_rhs;
-        g = lhs_table ? g_lhs_all.data() : g_rhs_all_;
+      auto set_all = [](AllTable<T>* tab, const T*& rows, const T*& aux, int64_t& count, T*& g) {
+        rows = tab->prepared;
+        aux = tab->aux.data();
+        count = tab->rows;
+        g = tab->grad.data();
       };
       if (smode == NegMode::All)
-        set_all(!reversed, tables.src_all, tables.src_all_aux, tables.n_src_all, g_src_all);
+        set_all(reversed ? rhs_tab : lhs_tab, tables.src_all, tables.src_all_aux,
+                tables.n_src_all, g_src_all);
       if (dmode == NegMode::All)
-        set_all(reversed, tables.dst_all, tables.dst_all_aux, tables.n_dst_all, g_dst_all);
+        set_all(reversed ? lhs_tab : rhs_tab, tables.dst_all, tables.dst_all_aux,
+                tables.n_dst_all, g_dst_all);
       ChunkConfig<T> cfg{smode, dmode, cs, sh.margin, sh.reg_coef};
       for (int64_t c = 0; c < C; ++c) {
         const int64_t b0 = c * cs, P = std::min(cs, n - b0);
@@ -365,16 +379,8 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     direction(false);
     if (sh.dynamic) direction(true);
     // all_negs: the negatives' share, back through the prepare, into the tables' gradients.
-    if (lhs_all) {
-      prepare_all_table_backward<T>(sh.cmp, lhs_prep, lhs_aux.data(), g_lhs_all.data(), sh.n_lhs,
-                                    D, sh.lhs_glob ? g_glob.data() : nullptr);
-      co_lhs.add_dense(g_lhs_all.data());
-    }
-    if (rhs_all && !share_all) {
-      prepare_all_table_backward<T>(sh.cmp, rhs_prep, rhs_aux.data(), g_rhs_all.data(), sh.n_rhs,
-                                    D, sh.rhs_glob ? g_glob.data() + D : nullptr);
-      (sh.same_table ? co_lhs : co_rhs).add_dense(g_rhs_all.data());
-    }
+    if (lhs_tab) lhs_tab->finish(sh.cmp, D, g_glob.data());
+    if (rhs_tab && rhs_tab != lhs_tab) rhs_tab->finish(sh.cmp, D, g_glob.data());
 
     // Updates, HOGWILD: straight into the shared tables.
     co_lhs.apply(sh.lhs_emb, sh.lhs_state, sh.lr, eps);
