@@ -70,8 +70,11 @@ def _line_error(path: str, line_no: int, line: bytes, cols: _Columns, delimiter:
     return None
 
 
-def _iter_batches_slow(path: str, cols: _Columns, delimiter: str, chunk_rows: int,
-                       skip_bad: bool, stats: ImportStats, count_lines: bool):
+_SLOW_BATCH_ROWS = 1 << 20
+
+
+def _iter_batches_slow(path: str, cols: _Columns, delimiter: str, skip_bad: bool,
+                       stats: ImportStats):
     """Line by line in Python: exact diagnostics, and the skip-bad-lines mode. Yields the same
     {column: Arrow array} batches as the fast path."""
     rows, line_no = [], 0
@@ -89,13 +92,12 @@ def _iter_batches_slow(path: str, cols: _Columns, delimiter: str, chunk_rows: in
             err = _line_error(path, line_no, line, cols, delimiter)
             if err is not None:
                 if skip_bad:
-                    if count_lines:
-                        stats.skipped_bad_lines += 1
+                    stats.skipped_bad_lines += 1
                     continue
                 raise DataError(f"{path}:{line_no}: {err}")
             fields = line.decode("utf-8").rstrip("\r\n").split(delimiter)
             rows.append([fields[c] for c in cols.used])
-            if len(rows) >= chunk_rows:
+            if len(rows) >= _SLOW_BATCH_ROWS:
                 yield batch()
                 rows = []
     if rows:
@@ -108,7 +110,7 @@ def _iter_batches(path: str, cols: _Columns, delimiter: str, block_bytes: int, s
     fast path is Arrow's multi-threaded C++ CSV reader; on any parse problem the slow path
     re-reads the file to name the offending line."""
     if skip_bad:
-        yield from _iter_batches_slow(path, cols, delimiter, 1 << 20, True, stats, True)
+        yield from _iter_batches_slow(path, cols, delimiter, True, stats)
         return
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such input file")
@@ -141,12 +143,12 @@ def _iter_batches(path: str, cols: _Columns, delimiter: str, block_bytes: int, s
     except (ValueError, UnicodeDecodeError, pa.ArrowException) as e:
         # Find and name the first bad line (re-reading: correctness over speed here).
         if yielded:
-            for _ in _iter_batches_slow(path, cols, delimiter, 1 << 20, False, stats, False):
+            for _ in _iter_batches_slow(path, cols, delimiter, False, stats):
                 pass
             raise DataError(f"{path}: malformed input ({e})") from None
         # Nothing consumed yet (or a file Arrow cannot start on, e.g. only blank lines): the
         # slow path either names the bad line or yields the rows.
-        yield from _iter_batches_slow(path, cols, delimiter, 1 << 20, False, stats, False)
+        yield from _iter_batches_slow(path, cols, delimiter, False, stats)
 
 
 class _BucketWriter:
@@ -295,7 +297,7 @@ def import_from_tsv(
     ents = {e: _NameTable() for e in config.entities}
     # Relation names are few: a Python dict (static relations: the config's indices).
     rel_ids: Dict[str, int] = {} if dynamic else {n: i for i, n in enumerate(rel_names_cfg)}
-    rel_counts = np.zeros(max(1, len(rel_ids)), np.int64)
+    rel_counts = np.zeros(len(rel_ids), np.int64)
     side_types = [(r.lhs, r.rhs) for r in config.relations]
     single_type = len({t for pair in side_types for t in pair}) == 1
     rel_lhs_type = np.array([config.relations[0 if dynamic else i].lhs for i in range(len(rel_names_cfg))])
@@ -326,9 +328,9 @@ def import_from_tsv(
                     rel = to_global[r_codes]
                 else:
                     rel = np.zeros(n, np.int64)
-                if len(rel_ids) > len(rel_counts):
-                    rel_counts = np.concatenate([rel_counts, np.zeros(len(rel_ids), np.int64)])
-                rel_counts[: max(1, len(rel_ids))] += np.bincount(rel, minlength=max(1, len(rel_ids)))
+                counts = np.bincount(rel, minlength=len(rel_counts))  # grows with new relations
+                counts[: len(rel_counts)] += rel_counts
+                rel_counts = counts
                 lhs_vals, rhs_vals = batch[lhs_col], batch[rhs_col]
                 arrays = {"rel": rel}
                 slots = {}
