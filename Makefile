@@ -24,21 +24,30 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name 
 # `make peer`, then PBG_FAST_PEER_PYTHON=.peer-venv/bin/python make test.
 PEER := .peer-venv
 
-$(VENV)/.deps: pyproject.toml
+# The chain: .deps (Python packages) -> .installed (editable install) -> $(EXT) (the extension).
+# Only C++/CUDA sources and setup.py make $(EXT) rebuild (~15 min): the stamps before it are
+# order-only prerequisites (after `|`), so changing the package list below (this Makefile or
+# pyproject.toml) re-runs pip for the packages and nothing else. The editable install is made
+# once; after changing pyproject.toml's entry points or package list, `rm .venv/.installed`.
+$(VENV)/.deps: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# Keep an existing torch (a CUDA build, say); otherwise take the pinned CPU build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q numpy h5py pyarrow tqdm pybind11 ninja pytest "setuptools>=64" wheel
+	$(PIP) install -q numpy h5py pyarrow tqdm pyyaml pybind11 ninja pytest hypothesis \
+	  "setuptools>=64" wheel
+	@# UMLS, Kinship and Nations (pbg_fast.datasets) as package data only: pykeen is never
+	@# imported, so none of its dependencies is installed.
+	$(PIP) install -q --no-deps pykeen==1.11.1
 	@touch $@
 
-$(VENV)/.installed: $(VENV)/.deps
+$(VENV)/.installed: | $(VENV)/.deps
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
 	@# pip just built the extension in place: mark it current so it is not built twice.
 	@test ! -f $(EXT) || touch $(EXT)
 
 # Incremental rebuild of the extension when a C++/CUDA source changes.
-$(EXT): $(VENV)/.installed $(CSRC)
+$(EXT): $(CSRC) | $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
 	@touch $@
 

@@ -35,14 +35,14 @@ def _want_cuda():
 
 
 def extensions():
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPBG_FAST_CPU"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-DPBG_FAST_CPU"]
     if _flag("PBG_FAST_NATIVE"):
         cxx.append("-march=native")
     sources = ["csrc/ops.cpp", "csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     link = ["-fopenmp"]
     if _want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_binding.cpp"))
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
         return [
             cpp_extension.CUDAExtension(
                 "pbg_fast._C",

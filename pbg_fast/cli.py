@@ -7,8 +7,8 @@ import sys
 import time
 
 from . import build_info
-from .config import ConfigError, load_config, schema_help
-from .io.files import DataError
+from .config import load_config, schema_help
+from .errors import DataError, UserError
 
 
 def _config_args(p):
@@ -70,6 +70,8 @@ def cmd_train(a):
 
 def cmd_eval(a):
     from .eval.link_prediction import evaluate
+    if a.filter_edge_paths and not a.filtered:
+        raise DataError("--filter-edge-paths: only meaningful with --filtered")
     config = load_config(a.config, a.param)
     t0 = time.perf_counter()
     res = evaluate(config, filtered=a.filtered, filter_paths=a.filter_edge_paths or ())
@@ -148,10 +150,25 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     try:
         a.fn(a)
-    except (ConfigError, DataError) as e:
-        print(f"pbg-fast: error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return _fail(str(e))
+    except OSError as e:
+        # The environment refused a path the user gave (permissions, a full disk, a missing
+        # directory): one line, like any user error. An OSError without a path is a bug.
+        if e.filename is None:
+            raise
+        return _fail(f"{e.filename}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        print("pbg-fast: interrupted; the last committed checkpoint and any earlier output "
+              "are intact", file=sys.stderr)
+        return 130
     return 0
+
+
+def _fail(message: str) -> int:
+    """A user error: one line on stderr, exit status 2 (argparse's, for bad usage)."""
+    print(f"pbg-fast: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ YAML (which execute no code). Overrides: ``-p key=value`` with dotted paths
 import dataclasses
 import importlib.util
 import json
+import math
 import os
+import re
 import sys
 import typing
 import uuid
@@ -22,8 +24,7 @@ from .ops import COMPARATORS, LOSSES, OPERATORS
 BUCKET_ORDERS = ("random", "affinity", "inside_out", "outside_in")
 
 
-class ConfigError(ValueError):
-    """A config key is unknown, has a bad value, or asks for what pbg_fast cannot do yet."""
+from .errors import ConfigError  # noqa: F401  (re-exported: pbg_fast.config.ConfigError)
 
 
 def _help(text: str, **kw) -> Any:
@@ -159,6 +160,9 @@ class ConfigSchema:
 # ---- parsing -----------------------------------------------------------------------------------
 
 
+_MAX_INT = 2**62  # every int key ends in a C++ int64; nothing sensible comes near this
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -195,16 +199,23 @@ def _convert(value: Any, tp, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"{path}: expected an int, got {value!r}")
         try:
-            return int(value)
+            out = int(value)
         except ValueError:
             raise ConfigError(f"{path}: expected an int, got {value!r}") from None
+        if abs(out) > _MAX_INT:
+            raise ConfigError(f"{path}: {value!r} is out of range (at most {_MAX_INT})")
+        return out
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{path}: expected a float, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            out = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{path}: expected a float, got {value!r}") from None
+        if not math.isfinite(out):
+            # nan / inf train to NaN (and a NaN model would rank every edge first).
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return out
     if tp is str:
         if hasattr(value, "value") and isinstance(value.value, str):  # PBG enums
             value = value.value
@@ -242,12 +253,29 @@ def _positive(value, path: str, allow_zero: bool = False) -> None:
                           f"got {value!r}")
 
 
+# Entity type names become parts of file names (embeddings_<type>_<part>.v<N>.h5,
+# entity_count_<type>_<part>.txt) and relation names fields of TSV exports: letters, digits
+# and . _ - + @ : = (no path separator, no whitespace but plain spaces, not starting with '.').
+_SAFE_NAME = re.compile(r"[^\W][\w.+@:= -]*\Z")
+
+
+def _safe_name(name: str, path: str, what: str) -> None:
+    if not _SAFE_NAME.match(name) or name != name.strip():
+        raise ConfigError(f"{path}: {what} {name!r} is not safe as part of a file name or a TSV "
+                          f"field; use letters, digits and . _ - + @ : = (not first: . or a "
+                          f"space; no '/', tabs or newlines)")
+
+
 def validate(c: ConfigSchema) -> ConfigSchema:
     """Value checks, and a clear refusal of what pbg_fast cannot honour yet."""
     if not c.entities:
         raise ConfigError("entities: must not be empty")
     if not c.relations:
         raise ConfigError("relations: must not be empty")
+    for name in c.entities:
+        _safe_name(name, f"entities[{name!r}]", "entity type name")
+    for i, r in enumerate(c.relations):
+        _safe_name(r.name, f"relations[{i}].name", "relation name")
     for name, e in c.entities.items():
         _positive(e.num_partitions, f"entities[{name!r}].num_partitions")
         if e.featurized:
@@ -296,6 +324,12 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     _positive(c.workers, "workers")
     _positive(c.num_batch_negs, "num_batch_negs", allow_zero=True)
     _positive(c.num_uniform_negs, "num_uniform_negs", allow_zero=True)
+    _positive(c.margin, "margin", allow_zero=True)
+    _positive(c.hogwild_delay, "hogwild_delay", allow_zero=True)
+    if c.workers is not None and c.workers > 1024:
+        raise ConfigError(f"workers: at most 1024 threads, got {c.workers}")
+    if c.batch_size > 1 << 31:
+        raise ConfigError(f"batch_size: at most {1 << 31}, got {c.batch_size}")
     _positive(c.lr, "lr", allow_zero=True)
     _positive(c.relation_lr, "relation_lr", allow_zero=True)
     _positive(c.checkpoint_preservation_interval, "checkpoint_preservation_interval")
@@ -340,75 +374,183 @@ def load_raw_config(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: no such config file")
     ext = os.path.splitext(path)[1].lower()
+    if ext not in (".json", ".yaml", ".yml", ".py"):
+        raise ConfigError(f"{path}: unknown config format {ext!r}; expected .py, .json or .yaml")
     try:
-        if ext == ".json":
-            with open(path) as f:
-                return json.load(f)
-        if ext in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from None
-            with open(path) as f:
-                return yaml.safe_load(f)
-        if ext == ".py":
-            name = f"pbg_fast_config_{uuid.uuid4().hex}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            try:
-                spec.loader.exec_module(module)
-            finally:
-                sys.modules.pop(name, None)
-            if not hasattr(module, "get_torchbiggraph_config"):
-                raise ConfigError(f"{path}: defines no get_torchbiggraph_config()")
-            return module.get_torchbiggraph_config()
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    raise ConfigError(f"{path}: unknown config format {ext!r}; expected .py, .json or .yaml")
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {e.reason}); "
+                          f"save the config as UTF-8") from None
+    if ext == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    elif ext in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else path
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{where}: invalid YAML: {what}") from None
+    else:
+        raw = _run_python_config(path, text)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys, got "
+                          f"{type(raw).__name__}")
+    return raw
+
+
+def _run_python_config(path: str, text: str) -> Dict[str, Any]:
+    """Runs a PBG config module and returns get_torchbiggraph_config(); an exception in the
+    user's code is reported at its line in the config file."""
+    try:
+        code = compile(text, path, "exec")
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: invalid Python: {e.msg}") from None
+    name = f"pbg_fast_config_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=path)
+    module = importlib.util.module_from_spec(spec)
+    module.__file__ = path
+    sys.modules[name] = module
+    try:
+        exec(code, module.__dict__)  # noqa: S102 - a PBG config is Python by design
+        fn = getattr(module, "get_torchbiggraph_config", None)
+        if not callable(fn):
+            raise ConfigError(f"{path}: defines no get_torchbiggraph_config()")
+        return fn()
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed: say where
+        tb = e.__traceback__
+        line = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == path:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        where = f"{path}:{line}" if line else path
+        raise ConfigError(f"{where}: the config raised {type(e).__name__}: {e}") from None
+    finally:
+        sys.modules.pop(name, None)
+
+
+def _override_value(value: str, tp, item: str):
+    """The raw value of `-p key=value` for a field of type `tp`: lists comma-separated (as PBG's
+    -p), JSON for lists / mappings / records written as JSON, null for an unset optional."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if value in ("null", "None"):
+            return None
+        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        origin = typing.get_origin(tp)
+    structured = origin in (list, List, dict, Dict) or dataclasses.is_dataclass(tp)
+    if structured and value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"-p {item}: invalid JSON value: {e.msg}") from None
+    if origin in (list, List):
+        return value.split(",") if value else []
+    if structured:
+        raise ConfigError(f"-p {item}: this key holds a mapping; give it as JSON "
+                          f"({{...}}) or set its keys one by one (key.subkey=value)")
+    return value
 
 
 def apply_overrides(raw: Dict[str, Any], overrides: Optional[List[str]]) -> Dict[str, Any]:
-    """``key=value`` with dotted paths; list values comma-separated (as PBG's -p)."""
+    """``key=value`` with dotted paths through every kind of field: a record's keys
+    (``lr``), a dict's entries (``entities.user.num_partitions``, creating a new entry when
+    missing), a list's indices (``relations.0.operator``). Lists are comma-separated
+    (``edge_paths=a,b``) or JSON; a mapping is JSON; ``null`` unsets an optional key."""
     raw = json.loads(json.dumps(raw, default=lambda o: getattr(o, "value", str(o))))
     for item in overrides or ():
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"-p {item}: expected key=value")
+        if not sep or not key or "" in key.split("."):
+            raise ConfigError(f"-p {item}: expected key=value, with a dotted key path")
         path = key.split(".")
         target, tp = raw, ConfigSchema
         for i, part in enumerate(path):
+            here = ".".join(path[: i + 1])
             last = i == len(path) - 1
-            if isinstance(target, list):
+            origin = typing.get_origin(tp)
+            if dataclasses.is_dataclass(tp):
+                hints = typing.get_type_hints(tp)
+                if part not in hints:
+                    raise ConfigError(f"-p {item}: {here}: unknown key; expected one of "
+                                      f"{sorted(hints)}")
+                tp = hints[part]
+                if typing.get_origin(tp) is typing.Union and not last:  # Optional[record]
+                    tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+            elif origin in (list, List):
                 try:
                     idx = int(part)
                     target[idx]
                 except (ValueError, IndexError):
-                    raise ConfigError(f"-p {item}: {'.'.join(path[:i])} has no index {part}") from None
-                if last:
-                    target[idx] = value
-                else:
-                    target = target[idx]
-                continue
-            if dataclasses.is_dataclass(tp):
-                hints = typing.get_type_hints(tp)
-                if part not in hints:
-                    raise ConfigError(f"-p {item}: {'.'.join(path[:i + 1])}: unknown key")
-                tp = hints[part]
-            origin = typing.get_origin(tp)
-            if last:
-                if origin in (list, List) and isinstance(value, str):
-                    value = value.split(",")
-                target[part] = value
+                    raise ConfigError(f"-p {item}: {'.'.join(path[:i]) or key} has no index "
+                                      f"{part} (it has {len(target)} entries)") from None
+                part, tp = idx, typing.get_args(tp)[0]
+            elif origin in (dict, Dict):
+                tp = typing.get_args(tp)[1]
             else:
-                target = target.setdefault(part, {})
-                args = typing.get_args(tp)
-                tp = args[0] if origin in (list, List) else (args[1] if origin in (dict, Dict) else tp)
+                raise ConfigError(f"-p {item}: {'.'.join(path[:i])} is a "
+                                  f"{_type_name(tp)}, it has no key {part!r}")
+            if last:
+                target[part] = _override_value(value, tp, item)
+            else:
+                child = target[part] if isinstance(target, list) else target.get(part)
+                if not isinstance(child, (dict, list)):
+                    child = [] if typing.get_origin(tp) in (list, List) else {}
+                    target[part] = child
+                target = child
     return raw
 
 
 def load_config(path: str, overrides: Optional[List[str]] = None) -> ConfigSchema:
     return parse_config(apply_overrides(load_raw_config(path), overrides))
+
+
+def check_matches_checkpoint(config: ConfigSchema, saved: Dict[str, Any], source: str) -> None:
+    """Refuses a config that would misread a checkpoint written with `saved` (its config as a
+    raw dict, ours or PyTorch-BigGraph's): the model's shape and meaning must be the same."""
+    def fail(key, ours, theirs):
+        raise ConfigError(f"{key}: the config has {ours!r} but {source} was written with "
+                          f"{theirs!r}; use the checkpoint's value, or a new checkpoint_path")
+
+    def value(v):
+        return getattr(v, "value", v)  # PBG enums
+
+    for key in ("dimension", "comparator", "dynamic_relations", "global_emb", "bias"):
+        if key in saved and value(saved[key]) != getattr(config, key):
+            fail(key, getattr(config, key), value(saved[key]))
+    ents = saved.get("entities")
+    if isinstance(ents, dict):
+        if sorted(ents) != sorted(config.entities):
+            fail("entities", sorted(config.entities), sorted(ents))
+        for name, e in ents.items():
+            if isinstance(e, dict) and "num_partitions" in e and \
+                    e["num_partitions"] != config.entities[name].num_partitions:
+                fail(f"entities.{name}.num_partitions", config.entities[name].num_partitions,
+                     e["num_partitions"])
+    rels = saved.get("relations")
+    if isinstance(rels, list):
+        if len(rels) != len(config.relations):
+            fail("relations", f"{len(config.relations)} relations", f"{len(rels)} relations")
+        for i, (r, theirs) in enumerate(zip(config.relations, rels)):
+            for key in ("operator", "lhs", "rhs"):
+                if isinstance(theirs, dict) and key in theirs and \
+                        value(theirs[key]) != getattr(r, key):
+                    fail(f"relations.{i}.{key}", getattr(r, key), value(theirs[key]))
 
 
 def schema_help() -> str:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pbg_fast.config import ConfigError, load_config, parse_config, schema_help
+from pbg_fast.config import ConfigError, apply_overrides, load_config, parse_config, schema_help
 
 PBG_FILE = '''
 def get_torchbiggraph_config():
@@ -133,3 +133,58 @@ def test_to_pbg_dict_drops_later_keys_at_defaults():
     assert set(d) == set(PBG_DEFAULTS)
     with pytest.raises(ConfigError, match="regularization_coef: PyTorch-BigGraph 1.0 has no such key"):
         parse_config(dict(PBG_DEFAULTS, regularization_coef=0.1)).to_pbg_dict()
+
+
+def _override_base():
+    return dict(entities={"user": {"num_partitions": 1}},
+                relations=[{"name": "follows", "lhs": "user", "rhs": "user"}],
+                dimension=10, entity_path="e", edge_paths=["a"], checkpoint_path="c")
+
+
+@pytest.mark.parametrize("override,check", [
+    # a record's scalar keys: int, float, bool, str, Optional[int], Optional[str]
+    ("dimension=20", lambda c: c.dimension == 20),
+    ("lr=0.25", lambda c: c.lr == 0.25),
+    ("global_emb=false", lambda c: c.global_emb is False),
+    ("comparator=l2", lambda c: c.comparator == "l2"),
+    ("num_edge_chunks=3", lambda c: c.num_edge_chunks == 3),
+    ("init_path=warm", lambda c: c.init_path == "warm"),
+    ("init_path=null", lambda c: c.init_path is None),
+    # a list: comma-separated or JSON
+    ("edge_paths=x,y", lambda c: c.edge_paths == ["x", "y"]),
+    ('edge_paths=["x,1", "y"]', lambda c: c.edge_paths == ["x,1", "y"]),
+    # a dict's entries: an existing one, a new one, a whole entry as JSON
+    ("entities.user.num_partitions=4", lambda c: c.entities["user"].num_partitions == 4),
+    ("entities.user.featurized=false", lambda c: not c.entities["user"].featurized),
+    ('entities={"user": {"num_partitions": 2}}', lambda c: c.entities["user"].num_partitions == 2),
+    # a list of records: by index, or whole as JSON
+    ("relations.0.operator=diagonal", lambda c: c.relations[0].operator == "diagonal"),
+    ("relations.0.weight=0.5", lambda c: c.relations[0].weight == 0.5),
+    ("relations.0.all_negs=true", lambda c: c.relations[0].all_negs),
+    ('relations=[{"name": "x", "lhs": "user", "rhs": "user", "operator": "translation"}]',
+     lambda c: c.relations[0].name == "x" and c.relations[0].operator == "translation"),
+])
+def test_override_reaches_every_kind_of_field(override, check):
+    assert check(parse_config(apply_overrides(_override_base(), [override])))
+
+
+def test_override_creates_a_new_dict_entry():
+    c = parse_config(apply_overrides(_override_base(), [
+        "entities.item.num_partitions=1", "relations.0.rhs=item"]))
+    assert sorted(c.entities) == ["item", "user"] and c.relations[0].rhs == "item"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("entities.user.parts=2", r"entities\.user\.parts: unknown key"),
+    ("relations.1.operator=none", r"relations has no index 1 \(it has 1 entries\)"),
+    ("relations.x.operator=none", r"relations has no index x"),
+    ("lr.x=1", r"lr is a float, it has no key 'x'"),
+    ("entities=3", r"this key holds a mapping"),
+    ("relations=[1,", r"invalid JSON value"),
+    ("=3", r"expected key=value"),
+    ("lr=inf", r"lr: must be a finite number"),
+    ("dimension=99999999999999999999", r"dimension: .* out of range"),
+])
+def test_override_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(apply_overrides(_override_base(), [override]))

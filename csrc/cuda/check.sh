@@ -21,7 +21,7 @@ else
 fi
 
 # shellcheck disable=SC2206
-flags=(${NVCC_FLAGS:--std=c++17 -O2 --expt-relaxed-constexpr
+flags=(${NVCC_FLAGS:--std=c++20 -O2 --expt-relaxed-constexpr
        -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90})
 
 shopt -s nullglob

@@ -5,38 +5,73 @@ sampled (PBG's RankingEvaluator): each edge against eval_num_batch_negs in-chunk
     eval_num_uniform_negs uniform negatives per side; rank = 1 + #(negatives scoring >= it).
 filtered (the FB15k-237 / WN18RR protocol): each edge against every entity of the type on
     each side, other known true edges (from all given splits) removed; rank = 1 + #(others
-    scoring > it) (ties counted optimistically, as the papers do).
+    scoring > it) + #(others tied with it) / 2 (the "realistic" rank: equal scores never rank
+    first).
+NaN or inf embeddings are refused; a NaN score ranks the true edge last (see _rank).
 """
 
 import math
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
-from ..config import ConfigSchema
+from ..config import ConfigSchema, check_matches_checkpoint
 from ..io.checkpoint import CheckpointManager
-from ..io.files import DataError, load_edges
+from ..io.files import (DataError, check_edge_path, load_dynamic_rel_count, load_edges,
+                        load_entity_count)
 from ..model.scoring import LoadedModel
 from ..train.trainer import Model
 
 
 def load_model(config: ConfigSchema, version: Optional[int] = None) -> LoadedModel:
+    """The committed checkpoint (or `version`), checked against the config and refused if any
+    value is NaN or inf. Safe while a trainer commits newer versions (read_committed)."""
     ckpt = CheckpointManager(config.checkpoint_path)
-    v = ckpt.load_version() if version is None else version
+    if not ckpt.path.is_dir():
+        raise DataError(f"checkpoint_path: {config.checkpoint_path} does not exist (train "
+                        f"first, or point it at a checkpoint)")
+    return ckpt.read_committed(lambda v: _load_version(config, ckpt, v)) if version is None \
+        else _load_version(config, ckpt, version)
+
+
+def _load_version(config: ConfigSchema, ckpt: CheckpointManager, v: int) -> LoadedModel:
     if v == 0:
         raise DataError(f"{config.checkpoint_path}: no checkpoint to evaluate (train first)")
-    from ..io.files import load_dynamic_rel_count
+    saved, where = ckpt.saved_config(v)
+    if saved is not None:
+        check_matches_checkpoint(config, saved, where)
     nd = load_dynamic_rel_count(config.entity_path) if config.dynamic_relations else 0
     model = Model(config, nd)
     params, states, _ = ckpt.load_model(v)
-    model.load_checkpoint(params, states)
+    model.load_checkpoint(params, states, str(ckpt.model_file(v)))
+    for i, rp in enumerate(model.relations):
+        _require_finite(rp.rhs, ckpt.model_file(v), f"relations[{i}] operator parameters")
+        _require_finite(rp.lhs, ckpt.model_file(v), f"relations[{i}] operator parameters")
+    for e, (g, _) in model.global_embs.items():
+        _require_finite(g, ckpt.model_file(v), f"the global embedding of {e!r}")
     embs = {}
     for e, ec in config.entities.items():
-        embs[e] = [ckpt.load_partition(e, p, v)[0] for p in range(ec.num_partitions)]
+        embs[e] = []
+        for p in range(ec.num_partitions):
+            emb = ckpt.load_partition(e, p, v)[0]
+            path = ckpt.embeddings_file(e, p, v)
+            n = load_entity_count(config.entity_path, e, p)
+            if tuple(emb.shape) != (n, config.dimension):
+                raise DataError(f"{path}: shape {tuple(emb.shape)}, but entity_path has {n} "
+                                f"entities of {e!r} in partition {p} and the dimension is "
+                                f"{config.dimension}; the checkpoint and entity_path do not "
+                                f"belong together")
+            _require_finite(emb, path, f"embeddings of {e!r} partition {p}")
+            embs[e].append(emb)
     globals_ = {e: g for e, (g, _) in model.global_embs.items()}
     return LoadedModel(config, embs, model.relations, globals_)
+
+
+def _require_finite(t: torch.Tensor, path, what: str) -> None:
+    if t.numel() and not all(math.isfinite(float(x)) for x in torch.aminmax(t)):
+        raise DataError(f"{path}: the {what} hold NaN or inf values; a diverged model cannot be "
+                        f"evaluated or exported (retrain it, e.g. with a lower lr)")
 
 
 def _nparts(config, side):
@@ -69,6 +104,23 @@ def load_all_edges(config: ConfigSchema, model: LoadedModel, edge_paths: Sequenc
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def _rank(scores: torch.Tensor, pos: torch.Tensor, ties: str) -> torch.Tensor:
+    """1 + how many candidates score above the true edge; a tie counts as above
+    ("pessimistic", PBG's sampled ranking) or as half ("mean", the realistic rank of the
+    filtered protocol), so a degenerate model (all scores equal) ranks last or in the middle,
+    never first. NaN is the worst: a NaN candidate counts as above, a NaN true score ranks
+    below every candidate. Masked candidates (-inf) never count."""
+    p = pos.unsqueeze(1)
+    above = (scores > p) | torch.isnan(scores)
+    tied = (scores == p) & (scores != -math.inf)
+    if ties == "mean":
+        rank = 1 + above.sum(1).double() + tied.sum(1).double() / 2
+    else:
+        rank = 1 + (above | tied).sum(1).double()
+    worst = 1 + (scores != -math.inf).sum(1).double()
+    return torch.where(torch.isnan(pos), worst, rank)
+
+
 def _metrics(ranks: torch.Tensor, auc_sum: float, auc_n: int) -> Dict[str, float]:
     if len(ranks) == 0:
         return dict(count=0)
@@ -83,8 +135,13 @@ def _metrics(ranks: torch.Tensor, auc_sum: float, auc_n: int) -> Dict[str, float
 def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, filtered: bool = False,
              filter_paths: Sequence[str] = (), batch: int = 1000, seed: int = 0,
              model: Optional[LoadedModel] = None) -> Dict[str, Dict[str, float]]:
+    paths = list(edge_paths or config.edge_paths)
+    for i, p in enumerate(paths):
+        check_edge_path(config, p, f"edge_paths[{i}]" if edge_paths is None else p)
+    for p in filter_paths:
+        check_edge_path(config, p, "--filter-edge-paths")
     model = model or load_model(config)
-    edges = load_all_edges(config, model, edge_paths or config.edge_paths)
+    edges = load_all_edges(config, model, paths)
     known = None
     if filtered:
         paths = list(dict.fromkeys(list(edge_paths or config.edge_paths) + list(filter_paths)))
@@ -128,7 +185,7 @@ def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, f
                         if others:
                             scores[i, list(others)] = -math.inf
                         scores[i, true_ids[i]] = -math.inf
-                    ranks = (scores > pos.unsqueeze(1)).sum(1) + 1
+                    ranks = _rank(scores, pos, ties="mean")
                 else:
                     nb = config.eval_num_batch_negs or 0
                     nu = config.eval_num_uniform_negs or 0
@@ -139,8 +196,8 @@ def evaluate(config: ConfigSchema, edge_paths: Optional[Sequence[str]] = None, f
                     if nb:
                         k = min(nb, len(q))
                         scores[torch.arange(k), torch.arange(k)] = -math.inf  # the edge itself
-                    ranks = (scores >= pos.unsqueeze(1)).sum(1) + 1
-                valid = torch.isfinite(scores)
+                    ranks = _rank(scores, pos, ties="pessimistic")
+                valid = scores != -math.inf  # the masked entries; a NaN score beats the edge
                 auc[r][0] += float(((pos.unsqueeze(1) > scores) & valid).sum())
                 auc[r][1] += int(valid.sum())
                 per_rel[r].append(ranks)

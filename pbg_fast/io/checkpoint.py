@@ -19,26 +19,35 @@ files removed. A crash at any point leaves version N loadable. pbg_fast writes n
 pickled optimizer state is read only through torch's weights-only loader.
 """
 
+import contextlib
+import fcntl
 import io
 import json
 import logging
 import os
 import re
 import shutil
+import socket
+import time
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 import h5py
 import numpy as np
 import torch
 
+from .. import faults
+from ..errors import CheckpointLocked
 from ..memory import empty_table
 from .files import (FORMAT_VERSION, FORMAT_VERSION_ATTR, DataError, atomic_path, fsync_dir,
-                    write_text_atomic)
+                    current_umask, remove_stale_temporaries, write_text_atomic)
+
+T = TypeVar("T")
 
 logger = logging.getLogger("pbg_fast")
 
+LOCK_NAME = ".pbg_fast.lock"
 STATE_DICT_KEY_ATTR = "state_dict_key"
 OUR_ROW_STATE = "pbg_fast/row_adagrad_sum"
 OUR_PARAM_STATE_GROUP = "pbg_fast/adagrad_sum"
@@ -104,19 +113,89 @@ class CheckpointManager:
             text = self.version_file().read_text().strip()
         except FileNotFoundError:
             return 0
-        try:
-            return int(text)
-        except ValueError:
-            raise DataError(f"{self.version_file()}: not a version number: {text!r}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{self.version_file()}: cannot read: {e}") from None
+        if not re.fullmatch(r"\d{1,15}", text):
+            raise DataError(f"{self.version_file()}: not a checkpoint version (a non-negative "
+                            f"integer): {text[:40]!r}; restore it, or train into a new "
+                            f"checkpoint_path")
+        return int(text)
 
     def commit(self, version: int) -> None:
         """Make `version` current (its files must all be written), then drop older versions."""
         fsync_dir(self.path)  # the new version's renames are durable before it is named
+        faults.point("checkpoint.before_commit")
         write_text_atomic(self.version_file(), f"{version}\n")
+        faults.point("checkpoint.after_commit")
+        self.remove_other_versions(version)
+
+    def remove_other_versions(self, version: int) -> int:
+        """Deletes every versioned file but `version`'s: older versions after a commit, and the
+        pending version a killed or refused run left half-written. Call under the lock."""
+        n = 0
         for f in self.path.glob("*.v*.h5"):
             m = re.search(r"\.v(\d+)\.h5$", f.name)
             if m and int(m.group(1)) != version:
                 f.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def clean_leftovers(self) -> None:
+        """At the start of a run (under the exclusive lock): the temporaries and the pending
+        version files that a killed run left behind."""
+        if not self.path.is_dir():
+            return
+        remove_stale_temporaries(self.path)
+        self.remove_other_versions(self.load_version())
+
+    # ---- lock --------------------------------------------------------------------------------
+    def lock_file(self) -> Path:
+        return self.path / LOCK_NAME
+
+    @contextlib.contextmanager
+    def lock(self, what: str):
+        """The trainer's exclusive OS lock on the checkpoint directory (flock: the kernel drops
+        it when the holder dies, so a kill -9 leaves no stale lock). A second trainer is refused
+        at once with the holder's pid, host and command. Readers (eval, export) take no lock:
+        they read a committed version (see read_committed)."""
+        path = self.lock_file()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        except OSError as e:
+            raise DataError(f"checkpoint_path: cannot create or write {self.path} "
+                            f"({e.strerror}); choose a directory you can write") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CheckpointLocked(
+                    f"checkpoint_path: {self.path} is in use by {_read_holder(path)}; wait for "
+                    f"it to finish or stop it (one trainer per checkpoint directory)") from None
+            info = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), what=what,
+                                   since=time.strftime("%Y-%m-%d %H:%M:%S")))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info.encode() + b"\n", 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def read_committed(self, load: Callable[[int], T], attempts: int = 5) -> T:
+        """`load(version)` of the committed version, consistent while a trainer commits newer
+        ones: a version's files never change once written, so a read that failed or ended
+        after the version moved on is retried on the new one."""
+        for _ in range(attempts):
+            version = self.load_version()
+            try:
+                out = load(version)
+            except DataError:
+                if self.load_version() != version:
+                    continue  # the trainer committed and removed what we were reading
+                raise
+            if self.load_version() == version:
+                return out
+        raise DataError(f"{self.path}: the checkpoint changed {attempts} times while being "
+                        f"read; try again")
 
     def write_config(self, config_json: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -137,6 +216,7 @@ class CheckpointManager:
                 for k, v in metadata.items():
                     hf.attrs[k] = v
                 hf.create_dataset("embeddings", data=emb.numpy())
+                faults.point("checkpoint.partition_write")  # half of a partition file written
                 hf.create_dataset(OUR_ROW_STATE, data=state.numpy())
 
     def has_partition(self, entity: str, part: int, version: int, root=None) -> bool:
@@ -194,6 +274,7 @@ class CheckpointManager:
                 sg = hf.create_group(OUR_PARAM_STATE_GROUP)
                 for name, t in states.items():
                     sg.create_dataset(name, data=t.numpy())
+        faults.point("checkpoint.model_written")  # the whole version written, not committed
 
     def load_model(self, version: int) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], dict]:
         path = self.model_file(version)
@@ -217,6 +298,27 @@ class CheckpointManager:
             raise DataError(f"{path}: cannot read model file: {e}") from None
         return params, states, attrs
 
+    def saved_config(self, version: int) -> Tuple[Optional[dict], str]:
+        """The config a version was trained with (the model file's, else config.json), and a
+        description of where it came from, for messages."""
+        where = f"the checkpoint in {self.path} (version {version})"
+        text = None
+        try:
+            with h5py.File(self.model_file(version), "r") as hf:
+                text = hf.attrs.get("config/json")
+        except OSError:
+            pass
+        if text is None and (self.path / "config.json").is_file():
+            text = (self.path / "config.json").read_text(errors="replace")
+        if text is None:
+            return None, where
+        try:
+            saved = json.loads(text if isinstance(text, str) else bytes(text).decode())
+        except (ValueError, UnicodeDecodeError):
+            raise DataError(f"{self.path}: the saved config of version {version} is not valid "
+                            f"JSON") from None
+        return (saved if isinstance(saved, dict) else None), where
+
     # ---- snapshots ---------------------------------------------------------------------------
     def snapshot(self, version: int, epoch: int) -> None:
         """Keep version `version` in epoch_<epoch>/ (hard links; copies where links fail)."""
@@ -231,6 +333,14 @@ class CheckpointManager:
                 except OSError:
                     shutil.copyfile(f, target)
         write_text_atomic(root / "checkpoint_version.txt", f"{version}\n")
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"{h['what']} (pid {h['pid']} on {h['host']}, since {h['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (starting up)"
 
 
 def _pbg_row_state(blob: bytes, path: Path) -> Optional[torch.Tensor]:

@@ -9,6 +9,7 @@ edge_path/    edges_<lhs_part>_<rhs_part>.h5: int64 datasets lhs, rhs, rel (+ fl
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -20,8 +21,7 @@ FORMAT_VERSION_ATTR = "format_version"
 FORMAT_VERSION = 1
 
 
-class DataError(RuntimeError):
-    """Input data is missing or malformed; the message names the file."""
+from ..errors import DataError  # noqa: F401  (re-exported: pbg_fast.io.files.DataError)
 
 
 @contextlib.contextmanager
@@ -34,6 +34,7 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; honour the umask
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +43,35 @@ def atomic_path(path: Path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (no race with threads
+    creating files), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+TMP_GLOB = ".*.tmp"  # what atomic_path leaves behind when killed before its rename
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Removes atomic_path temporaries a killed process left in `directory`; returns how many.
+    Call only while holding the directory's lock (a live writer's temporaries look the same)."""
+    n = 0
+    for f in Path(directory).glob(TMP_GLOB):
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+            n += 1
+    return n
 
 
 def fsync_dir(path: Path) -> None:
@@ -86,22 +116,40 @@ def edges_file(edge_path, lhs_part: int, rhs_part: int) -> Path:
     return Path(edge_path) / f"edges_{lhs_part}_{rhs_part}.h5"
 
 
-def load_entity_count(entity_path, entity: str, part: int) -> int:
-    path = entity_count_file(entity_path, entity, part)
+def _read_count(path: Path, missing: str) -> int:
+    """A non-negative integer alone in a text file (entity counts, dynamic_rel_count.txt)."""
     try:
-        return int(path.read_text().strip())
+        text = path.read_text()
     except FileNotFoundError:
-        raise DataError(f"{path}: missing entity count file (was the data imported?)") from None
+        raise DataError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        n = int(text.strip())
     except ValueError:
-        raise DataError(f"{path}: not an integer count") from None
+        raise DataError(f"{path}: expected a non-negative integer, got {text.strip()[:40]!r}; "
+                        f"re-import the data") from None
+    if n < 0:
+        raise DataError(f"{path}: expected a non-negative integer, got {n}; re-import the data")
+    return n
+
+
+def load_entity_count(entity_path, entity: str, part: int) -> int:
+    return _read_count(entity_count_file(entity_path, entity, part),
+                       "missing entity count file (was the data imported?)")
 
 
 def load_entity_names(entity_path, entity: str, part: int) -> List[str]:
     path = entity_names_file(entity_path, entity, part)
     try:
-        return json.loads(path.read_text())
+        names = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: missing entity names file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read entity names: {e}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: expected a JSON list of names")
+    return names
 
 
 def save_entity_partition(entity_path, entity: str, part: int, names: List[str]) -> None:
@@ -110,11 +158,8 @@ def save_entity_partition(entity_path, entity: str, part: int, names: List[str])
 
 
 def load_dynamic_rel_count(entity_path) -> int:
-    path = Path(entity_path) / "dynamic_rel_count.txt"
-    try:
-        return int(path.read_text().strip())
-    except FileNotFoundError:
-        raise DataError(f"{path}: dynamic_relations is on but this file is missing") from None
+    return _read_count(Path(entity_path) / "dynamic_rel_count.txt",
+                       "dynamic_relations is on but this file is missing (import with --rel-col)")
 
 
 def save_edges(edge_path, lhs_part: int, rhs_part: int, lhs: np.ndarray, rhs: np.ndarray,
@@ -143,12 +188,87 @@ def load_edges(edge_path, lhs_part: int, rhs_part: int, chunk: int = 0,
                                 f"{hf.attrs.get(FORMAT_VERSION_ATTR)!r} (expected 1)")
             if "lhsd" in hf or "rhsd" in hf:
                 raise DataError(f"{path}: featurized edges are not supported by pbg_fast yet")
-            n = hf["rel"].shape[0]
+            names = [k for k in ("lhs", "rhs", "rel", "weight") if k in hf or k != "weight"]
+            lengths = {k: hf[k].shape[0] for k in names}
+            if len(set(lengths.values())) > 1:
+                raise DataError(f"{path}: datasets of different lengths {lengths}; re-import")
+            n = lengths["rel"]
             begin, end = n * chunk // num_chunks, n * (chunk + 1) // num_chunks
             # astype(copy=False): no second copy of arrays that are already int64 / float32.
             out = {k: hf[k][begin:end].astype(np.int64, copy=False) for k in ("lhs", "rhs", "rel")}
             out["weight"] = (hf["weight"][begin:end].astype(np.float32, copy=False)
                              if "weight" in hf else None)
-            return out
     except OSError as e:
         raise DataError(f"{path}: cannot read edge file: {e}") from None
+    except KeyError as e:
+        raise DataError(f"{path}: not an edge file (no dataset {e}); re-import") from None
+    w = out["weight"]
+    if w is not None and len(w) and not (np.isfinite(w).all() and (w >= 0).all()):
+        bad = int(np.flatnonzero(~(np.isfinite(w) & (w >= 0)))[0])
+        raise DataError(f"{path}: edge {begin + bad} has weight {float(w[bad])}; weights must be "
+                        f"finite and >= 0 (re-import, or fix the weight column)")
+    return out
+
+
+# ---- named paths must exist and hold what the config implies ----------------------------------
+
+_EDGE_FILE = re.compile(r"edges_(\d+)_(\d+)\.h5\Z")
+
+
+def check_entity_path(config) -> None:
+    """entity_path holds the count file of every partition of every entity type, and no more
+    partitions than the config has (data imported with another num_partitions)."""
+    root = Path(config.entity_path)
+    if not root.is_dir():
+        raise DataError(f"entity_path: {root} does not exist or is not a directory; import the "
+                        f"data first (pbg-fast import-from-tsv)")
+    for entity, ec in config.entities.items():
+        for part in range(ec.num_partitions):
+            f = entity_count_file(root, entity, part)
+            if not f.is_file():
+                raise DataError(f"{f}: missing; entity_path holds no partition {part} of "
+                                f"{entity!r} (entities.{entity}.num_partitions is "
+                                f"{ec.num_partitions}); was the data imported with this config?")
+        extra = entity_count_file(root, entity, ec.num_partitions)
+        if extra.exists():
+            raise DataError(f"{extra}: the data has more partitions of {entity!r} than "
+                            f"entities.{entity}.num_partitions = {ec.num_partitions}; set it "
+                            f"to the value used at import, or re-import")
+
+
+def check_edge_path(config, path, key: str) -> None:
+    """`path` (the config key or option `key` names it) is a directory with edge files, all
+    inside the config's lhs x rhs partition grid."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{key}: {root} does not exist or is not a directory")
+    nl = max(config.entities[r.lhs].num_partitions for r in config.relations)
+    nr = max(config.entities[r.rhs].num_partitions for r in config.relations)
+    found = 0
+    for f in root.iterdir():
+        m = _EDGE_FILE.match(f.name)
+        if not m:
+            continue
+        found += 1
+        lp, rp = int(m.group(1)), int(m.group(2))
+        if lp >= nl or rp >= nr:
+            raise DataError(f"{f}: bucket ({lp}, {rp}) is outside the config's {nl} x {nr} "
+                            f"partitions; set num_partitions to the value used at import, or "
+                            f"re-import")
+    if not found:
+        raise DataError(f"{key}: {root} holds no edge files (edges_<lhs>_<rhs>.h5); import "
+                        f"edges into it first")
+
+
+def count_edges(edge_path, lhs_part: int, rhs_part: int) -> int:
+    """Number of edges in a bucket file (0 if it has none), without reading them."""
+    path = edges_file(edge_path, lhs_part, rhs_part)
+    if not path.exists():
+        return 0
+    try:
+        with h5py.File(path, "r") as hf:
+            return int(hf["rel"].shape[0])
+    except OSError as e:
+        raise DataError(f"{path}: cannot read edge file: {e}") from None
+    except KeyError:
+        raise DataError(f"{path}: not an edge file (no dataset 'rel'); re-import") from None

@@ -17,20 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import h5py
-import numpy as np
 import torch
 
-from .. import build_info
-from ..config import ConfigSchema
+from .. import build_info, faults
+from ..config import ConfigSchema, check_matches_checkpoint
+from ..errors import TrainingDiverged
 from ..io.checkpoint import CheckpointManager, operator_params_from_pbg, operator_params_to_pbg
-from ..io.files import (DataError, check_no_partial_import, load_dynamic_rel_count, load_edges,
-                        load_entity_count)
+from ..io.files import (DataError, check_edge_path, check_entity_path, check_no_partial_import,
+                        count_edges, load_dynamic_rel_count, load_edges, load_entity_count)
 from ..memory import empty_table
 from ..ops import operator_init_params, operator_num_params
 from .schedule import bucket_order
 
 logger = logging.getLogger("pbg_fast")
+
+# The numerics guard's ceiling on any trained value: float32 scores of rows this large overflow
+# (a dot product of two rows of d values near x reaches 3.4e38 at x ~ 1.8e19 / sqrt(d)), and a
+# loss that clamps (ranking: max(0, NaN) = 0) can then hide the NaN. No stable run comes near.
+EXPLODED = 1e15
 
 
 def init_embeddings(count: int, dim: int, scale: float, seed: int) -> torch.Tensor:
@@ -85,8 +89,17 @@ class Model:
             states[f"entities/{e}"] = s
         return params, states
 
-    def load_checkpoint(self, params: Dict[str, torch.Tensor], states: Dict[str, torch.Tensor]):
+    def load_checkpoint(self, params: Dict[str, torch.Tensor], states: Dict[str, torch.Tensor],
+                        source: str = "model checkpoint"):
         d = self.config.dimension
+
+        def put(dst: torch.Tensor, src: torch.Tensor, what: str):
+            if src.numel() != dst.numel():
+                raise DataError(f"{source}: {what} has shape {tuple(src.shape)}, the config "
+                                f"implies {tuple(dst.shape)} (another dimension, operator or "
+                                f"number of dynamic relations?)")
+            dst.copy_(src.reshape(dst.shape))
+
         for i, (rc, rp) in enumerate(zip(self.config.relations, self.relations)):
             sides = [("rhs", "rhs")] + ([("lhs", "lhs")] if self.dynamic else [])
             for side, attr in sides:
@@ -95,17 +108,22 @@ class Model:
                 cur = getattr(rp, attr)
                 if cur.shape[1] == 0:
                     continue
-                new = operator_params_from_pbg(found, rc.operator, d, self.dynamic, cur.shape[0])
-                cur.copy_(new)
+                try:
+                    new = operator_params_from_pbg(found, rc.operator, d, self.dynamic,
+                                                   cur.shape[0])
+                except RuntimeError as e:  # a reshape of parameters of another shape
+                    raise DataError(f"{source}: relations[{i}] {side} operator parameters do "
+                                    f"not fit the config ({e})") from None
+                put(cur, new, f"relations[{i}] {side} operator")
                 st = states.get(f"relations/{i}/{side}")
                 if st is not None:
-                    getattr(rp, attr + "_state").copy_(st)
+                    put(getattr(rp, attr + "_state"), st, f"relations[{i}] {side} state")
         for e, (v, s) in self.global_embs.items():
             key = f"entities/{e}/global_embedding"
             if key in params:
-                v.copy_(params[key])
+                put(v, params[key], f"global embedding of {e!r}")
             if f"entities/{e}" in states:
-                s.copy_(states[f"entities/{e}"])
+                put(s, states[f"entities/{e}"], f"global embedding state of {e!r}")
 
 
 class PartitionStore:
@@ -190,9 +208,9 @@ class Trainer:
             return c.num_edge_chunks
         most = 0
         for path in c.edge_paths:
-            for f in Path(path).glob("edges_*_*.h5"):
-                with h5py.File(f, "r") as hf:
-                    most = max(most, hf["rel"].shape[0])
+            for lp in range(self._nparts("lhs")):
+                for rp in range(self._nparts("rhs")):
+                    most = max(most, count_edges(path, lp, rp))
         return max(1, math.ceil(most / c.max_edges_per_chunk))
 
     def _nparts(self, side: str) -> int:
@@ -200,21 +218,49 @@ class Trainer:
         parts = [c.entities[getattr(r, side)].num_partitions for r in c.relations]
         return max(parts)
 
+    def check_inputs(self) -> None:
+        """Everything the config names exists and fits, before any work or any write."""
+        c = self.config
+        check_no_partial_import(c.entity_path, *c.edge_paths)
+        check_entity_path(c)
+        for i, path in enumerate(c.edge_paths):
+            check_edge_path(c, path, f"edge_paths[{i}]")
+        if c.init_path is not None:
+            init = CheckpointManager(c.init_path)
+            if not init.path.is_dir() or init.load_version() == 0:
+                raise DataError(f"init_path: {c.init_path} holds no checkpoint "
+                                f"(checkpoint_version.txt) to start from")
+            saved, where = init.saved_config(init.load_version())
+            if saved is not None:
+                check_matches_checkpoint(c, saved, f"init_path's {where}")
+
     def train(self) -> List[dict]:
+        self.check_inputs()
+        with self.ckpt.lock(f"pbg-fast train (seed {self.seed})"):
+            self.ckpt.clean_leftovers()
+            try:
+                return self._train()
+            except BaseException:
+                # A refused or failed run leaves only the last committed version.
+                self.ckpt.remove_other_versions(self.ckpt.load_version())
+                raise
+
+    def _train(self) -> List[dict]:
         c = self.config
         ckpt = self.ckpt
-        check_no_partial_import(c.entity_path, *c.edge_paths)
-        ckpt.path.mkdir(parents=True, exist_ok=True)
         version = ckpt.load_version()
         model = Model(c, self.num_dynamic_rels)
         if version > 0:
+            saved, where = ckpt.saved_config(version)
+            if saved is not None:
+                check_matches_checkpoint(c, saved, where)
             params, states, _ = ckpt.load_model(version)
-            model.load_checkpoint(params, states)
-        elif c.init_path and CheckpointManager(c.init_path).load_version() > 0:
+            model.load_checkpoint(params, states, str(ckpt.model_file(version)))
+        elif c.init_path:
             init = CheckpointManager(c.init_path)
             params, _, _ = init.load_model(init.load_version())
-            model.load_checkpoint(params, {})
-        ckpt.write_config(json.dumps(c.to_dict(), indent=4))
+            model.load_checkpoint(params, {}, str(init.model_file(init.load_version())))
+        config_written = False  # config.json: with the first commit, so a refused run writes none
         n_chunks = self.num_edge_chunks()
         n_paths = len(c.edge_paths)
         total_iters = c.num_epochs * n_paths * n_chunks
@@ -244,11 +290,15 @@ class Trainer:
                     needed.add((r.rhs, rp if c.entities[r.rhs].num_partitions > 1 else 0))
                 store.ensure(needed, meta)
                 edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
+                edges["path"] = str(Path(edge_path) / f"edges_{lp}_{rp}.h5")
                 # The held-out edges must be the same ones in every epoch (as PBG's).
                 holdout_seed = zlib.crc32(f"{self.seed}:{path_idx}:{chunk_idx}:{lp}:{rp}".encode())
+                faults.point("train.bucket")
                 stats = self._train_bucket(store, model, edges, lp, rp, relation_lr,
                                            seed=self.seed * 1_000_003 + it * 1009 + b_idx,
                                            holdout_seed=holdout_seed)
+                self._check_finite(store, model, needed, stats, epoch, edge_path, chunk_idx,
+                                   (lp, rp), version=it, has_weights=edges["weight"] is not None)
                 it_loss += stats["loss"]
                 it_count += stats["count"]
                 it_train_s += stats["seconds"]
@@ -272,6 +322,9 @@ class Trainer:
                             del store.loaded[(e, p)]
             params, states = model.to_checkpoint()
             ckpt.save_model(it + 1, params, states, meta)
+            if not config_written:
+                ckpt.write_config(json.dumps(c.to_dict(), indent=4))
+                config_written = True
             last_of_epoch = path_idx == n_paths - 1 and chunk_idx == n_chunks - 1
             if (c.checkpoint_preservation_interval and last_of_epoch
                     and (epoch + 1) % c.checkpoint_preservation_interval == 0):
@@ -289,18 +342,71 @@ class Trainer:
                 self.progress(rec)
         return epoch_records
 
+    def _check_finite(self, store: "PartitionStore", model: Model, needed, stats, epoch: int,
+                      edge_path: str, chunk: int, bucket, version: int, has_weights: bool):
+        """The numerics guard: after each bucket, its loss, the partitions it updated and every
+        shared parameter must be finite (one min/max pass each, ~2% of a bucket's time); else
+        the run stops before this iteration commits, and the last good version stays."""
+        c = self.config
+        bad = None
+        if not math.isfinite(stats["loss"]):
+            bad = f"the loss became {stats['loss']}"
+        else:
+            tensors = [(f"embeddings of {e!r} partition {p}", t) for (e, p) in sorted(needed)
+                       for t in store.get(e, p)]
+            for i, rp in enumerate(model.relations):
+                tensors += [(f"relations[{i}] operator parameters", t)
+                            for t in (rp.rhs, rp.lhs, rp.rhs_state, rp.lhs_state)]
+            tensors += [(f"global embedding of {e!r}", t)
+                        for e, pair in model.global_embs.items() for t in pair]
+            for what, t in tensors:
+                if not t.numel():
+                    continue
+                lo, hi = (float(x) for x in torch.aminmax(t))
+                if not (math.isfinite(lo) and math.isfinite(hi)):
+                    bad = f"the {what} became non-finite (NaN or inf)"
+                    break
+                if max(-lo, hi) > EXPLODED:
+                    bad = (f"the {what} exploded (values up to {max(-lo, hi):.3g}; scores of "
+                           f"such rows overflow float32)")
+                    break
+        if bad is None:
+            return
+        causes = []
+        lr = c.lr
+        if lr > 1:
+            causes.append(f"lr = {lr:g} is far above the usual 0.001-0.5; try {lr / 100:g}")
+        if c.relation_lr is not None and c.relation_lr > 1:
+            causes.append(f"relation_lr = {c.relation_lr:g} is far above the usual range")
+        if c.init_scale > 1:
+            causes.append(f"init_scale = {c.init_scale:g} is far above PBG's 0.001")
+        if c.margin > 100:
+            causes.append(f"margin = {c.margin:g} is very large")
+        if has_weights:
+            causes.append("very large edge weights")
+        if not causes:
+            causes.append(f"a learning rate too large for this loss and comparator; try lr = "
+                          f"{lr / 10:g}")
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch}, edge path {edge_path}, edge chunk {chunk}, "
+            f"bucket {tuple(bucket)}: {bad}. Nothing of this iteration was committed; "
+            f"{c.checkpoint_path} stays at version {version}. Likely cause: "
+            f"{'; or '.join(causes)}")
+
     def _train_bucket(self, store: PartitionStore, model: Model, edges, lp: int, rp: int,
                       relation_lr: float, seed: int, holdout_seed: int = 0) -> dict:
         c = self.config
         out = dict(loss=0.0, violators_lhs=0, violators_rhs=0, count=0, seconds=0.0)
         if len(edges["lhs"]) == 0:
             return out
+        edge_file = edges.get("path", f"edges_{lp}_{rp}.h5")
         lhs_all = torch.from_numpy(edges["lhs"])
         rhs_all = torch.from_numpy(edges["rhs"])
         rel_all = torch.from_numpy(edges["rel"])
         if not c.dynamic_relations and len(c.relations) == 1:
-            if int(rel_all.max()) > 0:
-                raise DataError(f"edges_{lp}_{rp}.h5: relation id {int(rel_all.max())} not in the "
+            if int(rel_all.max()) > 0 or int(rel_all.min()) < 0:
+                bad = int(rel_all.max()) if int(rel_all.max()) > 0 else int(rel_all.min())
+                raise DataError(f"{edge_file}: relation id {bad} not in the "
                                 f"config's {len(c.relations)} relations")
             rel_all = torch.zeros(len(lhs_all), dtype=torch.int8)  # not needed: free it
             edges["rel"] = None
@@ -331,13 +437,26 @@ class Trainer:
             out.update(eval_before_mrr=before["eval_mrr"], eval_before_hits10=before["eval_hits10"])
         for rel_id, sl in groups:
             if not 0 <= rel_id < len(c.relations):
-                raise DataError(f"edges_{lp}_{rp}.h5: relation id {rel_id} not in the config's "
+                raise DataError(f"{edge_file}: relation id {rel_id} not in the config's "
                                 f"{len(c.relations)} relations")
             r = c.relations[rel_id]
             lhs_part = lp if c.entities[r.lhs].num_partitions > 1 else 0
             rhs_part = rp if c.entities[r.rhs].num_partitions > 1 else 0
             lhs_emb, lhs_state = store.get(r.lhs, lhs_part)
             rhs_emb, rhs_state = store.get(r.rhs, rhs_part)
+            for side, ids, table, ent, part in (("lhs", lhs_all[sl], lhs_emb, r.lhs, lhs_part),
+                                                ("rhs", rhs_all[sl], rhs_emb, r.rhs, rhs_part)):
+                if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= len(table)):
+                    bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+                    raise DataError(f"{edge_file}: {side} entity offset {bad} is outside "
+                                    f"{ent!r} partition {part}, which has {len(table)} "
+                                    f"entities; the edges and entity_path come from different "
+                                    f"imports (re-import both)")
+            if c.dynamic_relations and len(rel_all[sl]) and (
+                    int(rel_all[sl].min()) < 0 or int(rel_all[sl].max()) >= self.num_dynamic_rels):
+                raise DataError(f"{edge_file}: relation id {int(rel_all[sl].max())} is outside "
+                                f"the {self.num_dynamic_rels} relation types of "
+                                f"dynamic_rel_count.txt; re-import")
             rp_ = model.relations[rel_id]
             empty = torch.zeros(0)
             lg, lgs = model.global_embs.get(r.lhs, (empty, empty))
