@@ -155,8 +155,9 @@ def main():
         buckets = p * p
         results[p] = dict(edges_per_s=it["edges_per_s"], wall_s=out["wall"],
                           wall_edges_per_s=it["count"] / out["wall"], peak_rss_mb=out["peak_rss_mb"],
-                          swaps=it["swaps"], swap_seconds=it["swap_seconds"],
-                          seconds_per_swap=it["swap_seconds"] / max(it["swaps"], 1), buckets=buckets)
+                          partition_loads=it["partition_loads"], io_seconds=it["io_seconds"],
+                          io_wait_seconds=it["io_wait_seconds"],
+                          buffer_capacity=it["buffer_capacity"], buckets=buckets)
         emit(dict(what="train", config=dict(base, partitions=p), **results[p],
                   speedup_vs_reference=it["edges_per_s"] / ref_eps))
     emit(dict(what="partition_memory", p1_peak_rss_mb=results[1]["peak_rss_mb"],

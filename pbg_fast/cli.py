@@ -1,8 +1,10 @@
 """pbg-fast: import-from-tsv | train | eval | export-to-tsv | config | demo."""
 
 import argparse
+import errno
 import json
 import logging
+import os
 import sys
 import time
 
@@ -37,7 +39,8 @@ class _Progress:
                                          unit="edge", unit_scale=True, leave=False)
                 self.bar.update(rec["count"])
                 self.bar.set_postfix(loss=f"{rec['loss'] / max(rec['count'], 1):.4f}",
-                                     bucket=str(tuple(rec["bucket"])))
+                                     bucket=str(tuple(rec["bucket"])),
+                                     io_wait=f"{rec['io_wait_seconds']:.2f}s")
             return
         if self.bar is not None:
             self.bar.close()
@@ -45,7 +48,8 @@ class _Progress:
         print(f"epoch {rec['epoch']} chunk {rec['edge_chunk']}: {rec['count']:,} edges, "
               f"loss {rec['loss'] / max(rec['count'], 1):.4f}/edge, "
               f"{rec['edges_per_s']:,.0f} edges/s training, {rec['seconds']:.2f} s wall, "
-              f"{rec['swaps']} swaps", file=sys.stderr, flush=True)
+              f"{rec['partition_loads']} partition loads, I/O {rec['io_seconds']:.2f} s "
+              f"({rec['io_wait_seconds']:.2f} s not hidden)", file=sys.stderr, flush=True)
 
 
 def cmd_import(a):
@@ -154,10 +158,12 @@ def main(argv=None):
         return _fail(str(e))
     except OSError as e:
         # The environment refused a path the user gave (permissions, a full disk, a missing
-        # directory): one line, like any user error. An OSError without a path is a bug.
-        if e.filename is None:
-            raise
-        return _fail(f"{e.filename}: {e.strerror or e}")
+        # directory): one line, like any user error. Another OSError without a path is a bug.
+        if e.filename is not None:
+            return _fail(f"{e.filename}: {e.strerror or e}")
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            return _fail(f"{os.strerror(e.errno)} ({e}); what was committed before is intact")
+        raise
     except KeyboardInterrupt:
         print("pbg-fast: interrupted; the last committed checkpoint and any earlier output "
               "are intact", file=sys.stderr)

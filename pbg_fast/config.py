@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from .ops import COMPARATORS, LOSSES, OPERATORS
 
-BUCKET_ORDERS = ("random", "affinity", "inside_out", "outside_in")
+BUCKET_ORDERS = ("random", "affinity", "inside_out", "outside_in", "buffer")
 
 
 from .errors import ConfigError  # noqa: F401  (re-exported: pbg_fast.config.ConfigError)
@@ -100,6 +100,18 @@ class ConfigSchema:
                                  default=0.05)
     eval_num_batch_negs: Optional[int] = _help("num_batch_negs during eval.", default=1000)
     eval_num_uniform_negs: Optional[int] = _help("num_uniform_negs during eval.", default=1000)
+    # partition buffer (pbg_fast; PBG 1.0 swaps synchronously)
+    partition_buffer_size: Optional[int] = _help(
+        "Partitions of each partitioned entity type held in memory at once (at least what a "
+        "bucket needs, 2). Default: as many as fit in partition_buffer_memory_gb.",
+        default=None)
+    partition_buffer_memory_gb: Optional[float] = _help(
+        "Memory budget of the partition buffer in GiB (default: half of the memory available "
+        "at start).", default=None)
+    partition_io: str = _help(
+        "'async': a thread prefetches the next bucket's partitions and writes finished ones "
+        "back while training runs; 'sync': all partition I/O in the training thread.",
+        default="async")
     # expert
     background_io: bool = _help("Deprecated in PBG; no effect.", default=False)
     verbose: int = _help("Logging verbosity.", default=0)
@@ -136,7 +148,8 @@ class ConfigSchema:
 
     # Keys this schema has beyond PyTorch-BigGraph 1.0's (from later PBG versions).
     NOT_IN_PBG_1_0 = ("regularization_coef", "regularizer", "num_gpus",
-                      "num_groups_for_partition_server", "half_precision")
+                      "num_groups_for_partition_server", "half_precision",
+                      "partition_buffer_size", "partition_buffer_memory_gb", "partition_io")
 
     def to_pbg_dict(self) -> Dict[str, Any]:
         """The config as PyTorch-BigGraph 1.0's schema accepts it: keys it does not know are
@@ -330,6 +343,9 @@ def validate(c: ConfigSchema) -> ConfigSchema:
         raise ConfigError(f"workers: at most 1024 threads, got {c.workers}")
     if c.batch_size > 1 << 31:
         raise ConfigError(f"batch_size: at most {1 << 31}, got {c.batch_size}")
+    _positive(c.partition_buffer_size, "partition_buffer_size")
+    _positive(c.partition_buffer_memory_gb, "partition_buffer_memory_gb")
+    _choice(c.partition_io, ("async", "sync"), "partition_io")
     _positive(c.lr, "lr", allow_zero=True)
     _positive(c.relation_lr, "relation_lr", allow_zero=True)
     _positive(c.checkpoint_preservation_interval, "checkpoint_preservation_interval")

@@ -87,6 +87,7 @@ def nan_checkpoint(w):
 def hold_lock(w):
     fd = os.open(w / "ckpt" / ".pbg_fast.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(dict(pid=424242, host="otherhost", what="pbg-fast train",
                                   since="2026-01-01 00:00:00")).encode(), 0)
     return Held(fd)

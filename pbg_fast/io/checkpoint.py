@@ -209,43 +209,96 @@ class CheckpointManager:
 
     # ---- embeddings --------------------------------------------------------------------------
     def save_partition(self, entity: str, part: int, version: int, emb: torch.Tensor,
-                       state: torch.Tensor, metadata: Dict[str, object]) -> None:
-        with atomic_path(self.embeddings_file(entity, part, version)) as tmp:
-            with h5py.File(tmp, "w") as hf:
-                hf.attrs[FORMAT_VERSION_ATTR] = FORMAT_VERSION
-                for k, v in metadata.items():
-                    hf.attrs[k] = v
-                hf.create_dataset("embeddings", data=emb.numpy())
-                faults.point("checkpoint.partition_write")  # half of a partition file written
-                hf.create_dataset(OUR_ROW_STATE, data=state.numpy())
+                       state: torch.Tensor, metadata: Dict[str, object]) -> int:
+        """Writes a partition file straight from the tensors (no copy): h5py lays out the file
+        with both datasets allocated contiguously, then the bytes go in with os.pwrite, which
+        releases the GIL, so an I/O thread writes while training runs. Returns bytes written."""
+        path = self.embeddings_file(entity, part, version)
+        emb, state = emb.contiguous(), state.contiguous()
+        try:
+            with atomic_path(path) as tmp:
+                with h5py.File(tmp, "w") as hf:
+                    hf.attrs[FORMAT_VERSION_ATTR] = FORMAT_VERSION
+                    for k, v in metadata.items():
+                        hf.attrs[k] = v
+                    offsets = [_contiguous_dataset(hf, "embeddings", tuple(emb.shape)),
+                               _contiguous_dataset(hf, OUR_ROW_STATE, tuple(state.shape))]
+                fd = os.open(tmp, os.O_WRONLY)
+                try:
+                    _pwrite_all(fd, emb, offsets[0])
+                    faults.point("checkpoint.partition_write")  # half of a partition written
+                    _pwrite_all(fd, state, offsets[1])
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            raise DataError(f"{path}: cannot write partition: {e.strerror or e}") from None
+        return emb.nbytes + state.nbytes
 
     def has_partition(self, entity: str, part: int, version: int, root=None) -> bool:
         return self.embeddings_file(entity, part, version, root).exists()
 
-    def load_partition(self, entity: str, part: int, version: int,
-                       root: Optional[Path] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def partition_shape(self, entity: str, part: int, version: int) -> Tuple[int, ...]:
+        path = self.embeddings_file(entity, part, version)
+        try:
+            with h5py.File(path, "r") as hf:
+                return tuple(hf["embeddings"].shape)
+        except (OSError, KeyError) as e:
+            raise DataError(f"{path}: cannot read checkpoint file: {e}") from None
+
+    def read_partition_into(self, entity: str, part: int, version: int, emb: torch.Tensor,
+                            state: torch.Tensor, root: Optional[Path] = None) -> Tuple[bool, int]:
+        """Reads a partition into preallocated tensors of its shape (no intermediate copy; with
+        a plain read into their memory, GIL released, for files laid out contiguously as ours
+        and PBG's are). Returns (whether an Adagrad state was found, bytes read); without one
+        `state` is zeroed."""
         path = self.embeddings_file(entity, part, version, root)
         try:
             with h5py.File(path, "r") as hf:
                 if hf.attrs.get(FORMAT_VERSION_ATTR) != FORMAT_VERSION:
                     raise DataError(f"{path}: unsupported format_version "
                                     f"{hf.attrs.get(FORMAT_VERSION_ATTR)!r}")
+                if "embeddings" not in hf:
+                    raise DataError(f"{path}: no 'embeddings' dataset")
                 ds = hf["embeddings"]
-                emb = empty_table(*ds.shape)
-                if ds.size:
-                    if ds.dtype == np.float32:
-                        ds.read_direct(emb.numpy())
-                    else:
-                        emb.copy_(torch.from_numpy(ds[...].astype(np.float32)))
-                if OUR_ROW_STATE in hf:
-                    state = torch.from_numpy(hf[OUR_ROW_STATE][...].astype(np.float32))
+                if tuple(ds.shape) != tuple(emb.shape):
+                    raise DataError(f"{path}: embeddings of shape {tuple(ds.shape)}, expected "
+                                    f"{tuple(emb.shape)} (entity count x dimension)")
+                plan = [(ds, emb, _raw_offset(ds))]
+                found = True
+                if OUR_ROW_STATE in hf and tuple(hf[OUR_ROW_STATE].shape) == tuple(state.shape):
+                    plan.append((hf[OUR_ROW_STATE], state, _raw_offset(hf[OUR_ROW_STATE])))
                 elif "optimizer/state_dict" in hf:
-                    state = _pbg_row_state(hf["optimizer/state_dict"][...].tobytes(), path)
+                    st = _pbg_row_state(hf["optimizer/state_dict"][...].tobytes(), path)
+                    found = st is not None and tuple(st.shape) == tuple(state.shape)
+                    state.copy_(st) if found else state.zero_()
                 else:
-                    state = None
+                    found = False
+                    state.zero_()
+                for d, t, off in plan:
+                    if off is None and d.size:  # chunked, compressed or another dtype
+                        t.copy_(torch.from_numpy(d[...].astype(np.float32)).reshape(t.shape))
+            with open(path, "rb", buffering=0) as f:
+                for d, t, off in plan:
+                    if off is not None and t.numel():
+                        _pread_all(f, t, off, path)
         except OSError as e:
             raise DataError(f"{path}: cannot read checkpoint file: {e}") from None
-        return emb.contiguous(), state
+        return found, emb.nbytes + state.nbytes
+
+    def load_partition(self, entity: str, part: int, version: int,
+                       root: Optional[Path] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """A partition in new tensors (its Adagrad state None where the file has none)."""
+        path = self.embeddings_file(entity, part, version, root)
+        try:
+            with h5py.File(path, "r") as hf:
+                shape = tuple(hf["embeddings"].shape)
+        except (OSError, KeyError) as e:
+            raise DataError(f"{path}: cannot read checkpoint file: {e}") from None
+        if len(shape) != 2:
+            raise DataError(f"{path}: embeddings of shape {shape}, expected 2 dimensions")
+        emb, state = empty_table(*shape), torch.empty(shape[0])
+        found, _ = self.read_partition_into(entity, part, version, emb, state, root)
+        return emb, (state if found else None)
 
     def link_partition(self, entity: str, part: int, src_version: int, dst_version: int) -> None:
         """Carry an untouched partition into a new version without rewriting it."""
@@ -333,6 +386,45 @@ class CheckpointManager:
                 except OSError:
                     shutil.copyfile(f, target)
         write_text_atomic(root / "checkpoint_version.txt", f"{version}\n")
+
+
+def _contiguous_dataset(hf: h5py.File, name: str, shape: Tuple[int, ...]) -> int:
+    """A float32 dataset allocated now (no fill), laid out contiguously: its byte offset."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    ds = hf.create_dataset(name, shape=shape, dtype=np.float32, dcpl=dcpl)
+    off = ds.id.get_offset()
+    return 0 if off is None else off  # None only for an empty dataset: nothing to write
+
+
+def _raw_offset(ds: h5py.Dataset) -> Optional[int]:
+    """Where a dataset's bytes lie in its file, when they can be read as-is (contiguous,
+    uncompressed, little-endian float32); None otherwise."""
+    if ds.chunks is not None or ds.dtype != np.dtype("<f4") or ds.compression is not None:
+        return None
+    return ds.id.get_offset()
+
+
+_IO_BLOCK = 64 << 20  # bytes per system call: bounded, and other threads run between calls
+
+
+def _pwrite_all(fd: int, t: torch.Tensor, offset: int) -> None:
+    view = memoryview(t.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:done + _IO_BLOCK], offset + done)
+
+
+def _pread_all(f, t: torch.Tensor, offset: int, path) -> None:
+    view = memoryview(t.numpy()).cast("B")
+    f.seek(offset)
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:done + _IO_BLOCK])
+        if not n:
+            raise DataError(f"{path}: truncated (ends {len(view) - done} bytes early)")
+        done += n
 
 
 def _read_holder(path: Path) -> str:

@@ -1,10 +1,13 @@
 """The single-machine trainer: epochs x edge paths x edge chunks x buckets, one native
-`train_bucket_` call per (bucket, relation), holding in memory only the partitions the current
-bucket needs. Checkpoints after every (epoch, edge path, edge chunk) iteration, as PBG does.
+`train_bucket_` call per (bucket, relation), with the partitions in a PartitionBuffer of
+`partition_buffer_size` partitions that prefetches the next bucket's and writes finished ones
+back while training runs. Checkpoints after every (epoch, edge path, edge chunk) iteration, as
+PBG does.
 
-Seams for what comes next: `PartitionStore` (load / evict / save; a partition server or a GPU
-cache can stand behind the same calls), `bucket_order` (a lock server hands out buckets in the
-distributed trainer), and the bucket op (a CUDA backend takes the same arguments).
+Seams for what comes next: the `PartitionBuffer` (acquire / release / finish_iteration; a
+partition server or a GPU tier stands behind the same calls), `bucket_order` (a lock server
+hands out buckets in the distributed trainer), and the bucket op (a CUDA backend takes the same
+arguments).
 """
 
 import json
@@ -24,9 +27,9 @@ from ..config import ConfigSchema, check_matches_checkpoint
 from ..errors import TrainingDiverged
 from ..io.checkpoint import CheckpointManager, operator_params_from_pbg, operator_params_to_pbg
 from ..io.files import (DataError, check_edge_path, check_entity_path, check_no_partial_import,
-                        count_edges, load_dynamic_rel_count, load_edges, load_entity_count)
-from ..memory import empty_table
+                        count_edges, load_dynamic_rel_count, load_edges)
 from ..ops import operator_init_params, operator_num_params
+from .partition_buffer import PartitionBuffer
 from .schedule import bucket_order
 
 logger = logging.getLogger("pbg_fast")
@@ -35,12 +38,6 @@ logger = logging.getLogger("pbg_fast")
 # (a dot product of two rows of d values near x reaches 3.4e38 at x ~ 1.8e19 / sqrt(d)), and a
 # loss that clamps (ranking: max(0, NaN) = 0) can then hide the NaN. No stable run comes near.
 EXPLODED = 1e15
-
-
-def init_embeddings(count: int, dim: int, scale: float, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = empty_table(count, dim)
-    return t.normal_(generator=g).mul_(scale)
 
 
 @dataclass
@@ -126,71 +123,6 @@ class Model:
                 put(s, states[f"entities/{e}"], f"global embedding state of {e!r}")
 
 
-class PartitionStore:
-    """The entity partitions in memory. `ensure(needed)` loads what a bucket needs and evicts
-    the other partitioned ones, writing them to the pending checkpoint version."""
-
-    def __init__(self, config: ConfigSchema, ckpt: CheckpointManager, version: int, seed: int):
-        self.config, self.ckpt, self.version, self.seed = config, ckpt, version, seed
-        self.loaded: Dict[Tuple[str, int], Tuple[torch.Tensor, torch.Tensor]] = {}
-        self.written: set = set()  # (entity, part) saved as version + 1 in this iteration
-        self.swaps = 0
-        self.swap_seconds = 0.0
-
-    def count(self, entity: str, part: int) -> int:
-        return load_entity_count(self.config.entity_path, entity, part)
-
-    def _load(self, entity: str, part: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        c, d = self.config, self.config.dimension
-        if (entity, part) in self.written:
-            emb, state = self.ckpt.load_partition(entity, part, self.version + 1)
-        elif self.version > 0 and self.ckpt.has_partition(entity, part, self.version):
-            emb, state = self.ckpt.load_partition(entity, part, self.version)
-        elif c.init_path and CheckpointManager(c.init_path).has_partition(
-                entity, part, CheckpointManager(c.init_path).load_version()):
-            init = CheckpointManager(c.init_path)
-            emb, state = init.load_partition(entity, part, init.load_version())
-            state = None  # a warm start begins its optimizer afresh
-        else:
-            count = self.count(entity, part)
-            emb = init_embeddings(count, d, c.init_scale,
-                                  zlib.crc32(f"{self.seed}:{entity}:{part}".encode()))
-            state = None
-        n = self.count(entity, part)
-        if emb.shape != (n, d):
-            raise DataError(f"embeddings of {entity!r} partition {part}: shape {tuple(emb.shape)} "
-                            f"does not match entity count {n} x dimension {d}")
-        if state is None or state.shape != (n,):
-            state = torch.zeros(n)
-        return emb.contiguous(), state.contiguous()
-
-    def get(self, entity: str, part: int):
-        key = (entity, part)
-        if key not in self.loaded:
-            t0 = time.perf_counter()
-            self.loaded[key] = self._load(entity, part)
-            self.swap_seconds += time.perf_counter() - t0
-        return self.loaded[key]
-
-    def save(self, entity: str, part: int, metadata) -> None:
-        emb, state = self.loaded[(entity, part)]
-        self.ckpt.save_partition(entity, part, self.version + 1, emb, state, metadata)
-        self.written.add((entity, part))
-
-    def ensure(self, needed: set, metadata) -> None:
-        t0 = time.perf_counter()
-        for key in [k for k in self.loaded if k not in needed and self.is_partitioned(k[0])]:
-            self.save(*key, metadata)
-            del self.loaded[key]
-            self.swaps += 1
-        self.swap_seconds += time.perf_counter() - t0
-        for key in needed:
-            self.get(*key)
-
-    def is_partitioned(self, entity: str) -> bool:
-        return self.config.entities[entity].num_partitions > 1
-
-
 class Trainer:
     def __init__(self, config: ConfigSchema, seed: int = 0,
                  progress: Optional[Callable[[dict], None]] = None):
@@ -260,7 +192,8 @@ class Trainer:
             init = CheckpointManager(c.init_path)
             params, _, _ = init.load_model(init.load_version())
             model.load_checkpoint(params, {}, str(init.model_file(init.load_version())))
-        config_written = False  # config.json: with the first commit, so a refused run writes none
+        # config.json is written with the first commit, so that a refused run writes none.
+        self._first_iteration = version
         n_chunks = self.num_edge_chunks()
         n_paths = len(c.edge_paths)
         total_iters = c.num_epochs * n_paths * n_chunks
@@ -268,81 +201,94 @@ class Trainer:
         epoch_records = []
         relation_lr = c.relation_lr if c.relation_lr is not None else c.lr
 
-        for it in range(version, total_iters):
-            epoch, rest = divmod(it, n_paths * n_chunks)
-            path_idx, chunk_idx = divmod(rest, n_chunks)
-            edge_path = c.edge_paths[path_idx]
-            store = PartitionStore(c, ckpt, it, self.seed)
-            meta = {
-                "config/json": json.dumps(c.to_dict()),
-                "iteration/num_epochs": c.num_epochs, "iteration/epoch_idx": epoch,
-                "iteration/num_edge_paths": n_paths, "iteration/edge_path_idx": path_idx,
-                "iteration/edge_path": edge_path, "iteration/num_edge_chunks": n_chunks,
-                "iteration/edge_chunk_idx": chunk_idx,
-            }
-            t_iter = time.perf_counter()
-            it_loss, it_count, it_train_s = 0.0, 0, 0.0
-            pending_stats = []  # written after the commit, so a killed iteration leaves none
-            for b_idx, (lp, rp) in enumerate(bucket_order(c.bucket_order, nl, nr, self.seed * 7919 + it)):
-                needed = set()
-                for r in c.relations:
-                    needed.add((r.lhs, lp if c.entities[r.lhs].num_partitions > 1 else 0))
-                    needed.add((r.rhs, rp if c.entities[r.rhs].num_partitions > 1 else 0))
-                store.ensure(needed, meta)
-                edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
-                edges["path"] = str(Path(edge_path) / f"edges_{lp}_{rp}.h5")
-                # The held-out edges must be the same ones in every epoch (as PBG's).
-                holdout_seed = zlib.crc32(f"{self.seed}:{path_idx}:{chunk_idx}:{lp}:{rp}".encode())
-                faults.point("train.bucket")
-                stats = self._train_bucket(store, model, edges, lp, rp, relation_lr,
-                                           seed=self.seed * 1_000_003 + it * 1009 + b_idx,
-                                           holdout_seed=holdout_seed)
-                self._check_finite(store, model, needed, stats, epoch, edge_path, chunk_idx,
-                                   (lp, rp), version=it, has_weights=edges["weight"] is not None)
-                it_loss += stats["loss"]
-                it_count += stats["count"]
-                it_train_s += stats["seconds"]
-                rec = dict(kind="bucket", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
-                           bucket=[lp, rp], **stats,
-                           edges_per_s=stats["count"] / max(stats["seconds"], 1e-9))
-                pending_stats.append(rec)
-                if self.progress:
-                    self.progress(rec)
-            # Commit version it + 1: every loaded partition, the untouched ones carried over.
-            for (e, p) in list(store.loaded):
-                store.save(e, p, meta)
-            for e, ec in c.entities.items():
-                for p in range(ec.num_partitions):
-                    if (e, p) not in store.written:
-                        if it > 0 and ckpt.has_partition(e, p, it):
-                            ckpt.link_partition(e, p, it, it + 1)
-                        else:
-                            store.get(e, p)
-                            store.save(e, p, meta)
-                            del store.loaded[(e, p)]
-            params, states = model.to_checkpoint()
-            ckpt.save_model(it + 1, params, states, meta)
-            if not config_written:
-                ckpt.write_config(json.dumps(c.to_dict(), indent=4))
-                config_written = True
-            last_of_epoch = path_idx == n_paths - 1 and chunk_idx == n_chunks - 1
-            if (c.checkpoint_preservation_interval and last_of_epoch
-                    and (epoch + 1) % c.checkpoint_preservation_interval == 0):
-                # Before the commit, so a kill in between retries it; named as PBG names it.
-                ckpt.snapshot(it + 1, epoch + 1)
-            ckpt.commit(it + 1)
-            rec = dict(kind="iteration", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
-                       loss=it_loss, count=it_count, train_seconds=it_train_s,
-                       seconds=time.perf_counter() - t_iter, swaps=store.swaps,
-                       swap_seconds=store.swap_seconds,
-                       edges_per_s=it_count / max(it_train_s, 1e-9))
-            ckpt.append_stats(pending_stats + [rec])
-            epoch_records.append(rec)
-            if self.progress:
-                self.progress(rec)
+        buffer = PartitionBuffer(c, ckpt, self.seed)
+        self.buffer = buffer
+        try:
+            for it in range(version, total_iters):
+                epoch_records.append(self._iteration(it, buffer, model, relation_lr, nl, nr,
+                                                     n_paths, n_chunks))
+        finally:
+            buffer.close()
         return epoch_records
 
-    def _check_finite(self, store: "PartitionStore", model: Model, needed, stats, epoch: int,
+    def _iteration(self, it: int, buffer: PartitionBuffer, model: "Model", relation_lr: float,
+                   nl: int, nr: int, n_paths: int, n_chunks: int) -> dict:
+        """Iteration `it` (one epoch x edge path x edge chunk): trains its buckets, then commits
+        version it + 1."""
+        c, ckpt = self.config, self.ckpt
+        epoch, rest = divmod(it, n_paths * n_chunks)
+        path_idx, chunk_idx = divmod(rest, n_chunks)
+        edge_path = c.edge_paths[path_idx]
+        meta = {
+            "config/json": json.dumps(c.to_dict()),
+            "iteration/num_epochs": c.num_epochs, "iteration/epoch_idx": epoch,
+            "iteration/num_edge_paths": n_paths, "iteration/edge_path_idx": path_idx,
+            "iteration/edge_path": edge_path, "iteration/num_edge_chunks": n_chunks,
+            "iteration/edge_chunk_idx": chunk_idx,
+        }
+        t_iter = time.perf_counter()
+        it_loss, it_count, it_train_s = 0.0, 0, 0.0
+        pending_stats = []  # written after the commit, so a killed iteration leaves none
+        buckets = bucket_order(c.bucket_order, nl, nr, self.seed * 7919 + it, buffer.capacity)
+        io_start = buffer.stats.snapshot()
+        buffer.start_iteration(it, buckets, meta)
+        for b_idx, (lp, rp) in enumerate(buckets):
+            io_before = buffer.stats.snapshot()
+            buffer.acquire(b_idx)
+            needed = buffer.plan[b_idx]
+            edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
+            edges["path"] = str(Path(edge_path) / f"edges_{lp}_{rp}.h5")
+            # The held-out edges must be the same ones in every epoch (as PBG's).
+            holdout_seed = zlib.crc32(f"{self.seed}:{path_idx}:{chunk_idx}:{lp}:{rp}".encode())
+            faults.point("train.bucket")
+            stats = self._train_bucket(buffer, model, edges, lp, rp, relation_lr,
+                                       seed=self.seed * 1_000_003 + it * 1009 + b_idx,
+                                       holdout_seed=holdout_seed)
+            self._check_finite(buffer, model, needed, stats, epoch, edge_path, chunk_idx,
+                               (lp, rp), version=it, has_weights=edges["weight"] is not None)
+            buffer.release(b_idx)
+            io = buffer.stats.since(io_before)
+            it_loss += stats["loss"]
+            it_count += stats["count"]
+            it_train_s += stats["seconds"]
+            rec = dict(kind="bucket", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
+                       bucket=[lp, rp], **stats,
+                       edges_per_s=stats["count"] / max(stats["seconds"], 1e-9),
+                       io_wait_seconds=io["wait_seconds"], bytes_read=io["bytes_read"],
+                       bytes_written=io["bytes_written"], partition_loads=io["loads"])
+            pending_stats.append(rec)
+            if self.progress:
+                self.progress(rec)
+        # Commit version it + 1: every partition written (or linked), then the model.
+        buffer.finish_iteration()
+        params, states = model.to_checkpoint()
+        ckpt.save_model(it + 1, params, states, meta)
+        if it == self._first_iteration:
+            ckpt.write_config(json.dumps(c.to_dict(), indent=4))
+        last_of_epoch = path_idx == n_paths - 1 and chunk_idx == n_chunks - 1
+        if (c.checkpoint_preservation_interval and last_of_epoch
+                and (epoch + 1) % c.checkpoint_preservation_interval == 0):
+            # Before the commit, so a kill in between retries it; named as PBG names it.
+            ckpt.snapshot(it + 1, epoch + 1)
+        ckpt.commit(it + 1)
+        io = buffer.stats.since(io_start)
+        rec = dict(kind="iteration", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
+                   loss=it_loss, count=it_count, train_seconds=it_train_s,
+                   seconds=time.perf_counter() - t_iter,
+                   edges_per_s=it_count / max(it_train_s, 1e-9),
+                   wall_edges_per_s=it_count / max(time.perf_counter() - t_iter, 1e-9),
+                   bucket_order=c.bucket_order, buffer_capacity=buffer.capacity,
+                   partition_io=c.partition_io, partition_loads=io["loads"],
+                   partition_writes=io["writes"], bytes_read=io["bytes_read"],
+                   bytes_written=io["bytes_written"], io_seconds=io["io_seconds"],
+                   io_wait_seconds=io["wait_seconds"],
+                   io_hidden_seconds=max(0.0, io["io_seconds"] - io["wait_seconds"]))
+        ckpt.append_stats(pending_stats + [rec])
+        if self.progress:
+            self.progress(rec)
+        return rec
+
+    def _check_finite(self, store: PartitionBuffer, model: Model, needed, stats, epoch: int,
                       edge_path: str, chunk: int, bucket, version: int, has_weights: bool):
         """The numerics guard: after each bucket, its loss, the partitions it updated and every
         shared parameter must be finite (one min/max pass each, ~2% of a bucket's time); else
@@ -393,7 +339,7 @@ class Trainer:
             f"{c.checkpoint_path} stays at version {version}. Likely cause: "
             f"{'; or '.join(causes)}")
 
-    def _train_bucket(self, store: PartitionStore, model: Model, edges, lp: int, rp: int,
+    def _train_bucket(self, store: PartitionBuffer, model: Model, edges, lp: int, rp: int,
                       relation_lr: float, seed: int, holdout_seed: int = 0) -> dict:
         c = self.config
         out = dict(loss=0.0, violators_lhs=0, violators_rhs=0, count=0, seconds=0.0)

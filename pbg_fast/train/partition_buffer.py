@@ -1,0 +1,380 @@
+"""The partition buffer: the entity partitions in memory, at most `capacity` partitions per
+partitioned entity type, with the buckets of the iteration known in advance.
+
+- Memory: `capacity` preallocated slots per partitioned entity type (each sized for its
+  largest partition: embeddings [rows, D] and Adagrad state [rows]); partitions are read into
+  and written out of the slots directly (checkpoint.read_partition_into / save_partition, with
+  the GIL released), never copied. Unpartitioned types are held whole, always.
+- Order of loads: `acquire(i)` makes bucket i's partitions resident, evicting the one whose next
+  use in the plan is farthest (Belady); then it schedules the next bucket's loads (prefetch).
+- Writes: a partition written for the last time in this iteration is written back to the
+  pending version at once (it stays resident, clean), so the commit has almost nothing left to
+  write; an evicted dirty partition is written before its slot is reused.
+- I/O: one thread runs loads and writes in order (`io="async"`), while training holds the GIL
+  released in the bucket op; with `io="sync"` the same tasks run inline, in the training thread
+  (what pbg_fast did before, for comparison). Results do not depend on the mode: only timing.
+- Errors on the I/O thread (an unreadable file, a full disk) surface in the training thread,
+  naming the file; the pending version is never committed then.
+
+Seam: a partition server or a GPU tier stands behind the same calls (acquire / release /
+finish_iteration), with its own load and write tasks.
+"""
+
+import logging
+import os
+import queue
+import threading
+import time
+import zlib
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+
+from .. import faults
+from ..config import ConfigSchema
+from ..io.checkpoint import CheckpointManager
+from ..io.files import load_entity_count
+from ..memory import empty_table
+
+logger = logging.getLogger("pbg_fast")
+
+Key = Tuple[str, int]  # (entity type, partition)
+
+
+def init_embeddings_(out: torch.Tensor, scale: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return out.normal_(generator=g).mul_(scale)
+
+
+def default_capacity(config: ConfigSchema, slot_bytes: int, need: int, nparts: int) -> int:
+    """partition_buffer_size if set; else as many partitions as fit in
+    partition_buffer_memory_gb (default: half of the memory available now), at least what a
+    bucket needs, at most all of them."""
+    if config.partition_buffer_size is not None:
+        return max(need, min(nparts, config.partition_buffer_size))
+    budget = config.partition_buffer_memory_gb
+    budget_bytes = budget * 2**30 if budget is not None else 0.5 * _mem_available()
+    fit = int(budget_bytes // max(slot_bytes, 1))
+    if fit < need:
+        logger.warning("partition buffer: %.1f GiB holds %d partitions, fewer than a bucket "
+                       "needs; using %d", budget_bytes / 2**30, fit, need)
+    return max(need, min(nparts, fit))
+
+
+def _mem_available() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024.0
+    except (OSError, ValueError):
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+@dataclass
+class _Resident:
+    slot: int  # index into the type's slots (-1: an unpartitioned type's own tensors)
+    emb: torch.Tensor
+    state: torch.Tensor
+    ready: Future  # done when loaded (and, after a write-back is scheduled, written)
+    dirty: bool = False
+    version: int = -1  # the pending version it was last written to (-1: not in this one)
+
+
+@dataclass
+class IOStats:
+    loads: int = 0
+    writes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    io_seconds: float = 0.0  # time the I/O tasks took
+    wait_seconds: float = 0.0  # time training waited on them (the part not hidden)
+
+    def snapshot(self) -> "IOStats":
+        return IOStats(**self.__dict__)
+
+    def since(self, before: "IOStats") -> dict:
+        return {k: getattr(self, k) - getattr(before, k) for k in self.__dict__}
+
+
+class _IOThread:
+    """One thread running tasks in submission order; a failed task fails its future, and the
+    error is re-raised in the training thread when it next waits or submits."""
+
+    def __init__(self, asynchronous: bool):
+        self.asynchronous = asynchronous
+        self.error: Optional[BaseException] = None
+        self.queue: "queue.Queue" = queue.Queue()
+        self.thread = None
+        if asynchronous:
+            self.thread = threading.Thread(target=self._run, name="pbg_fast-io", daemon=True)
+            self.thread.start()
+
+    def submit(self, fn: Callable[[], None]) -> Future:
+        self.raise_error()
+        fut: Future = Future()
+        if self.asynchronous:
+            self.queue.put((fn, fut))
+        else:
+            self._execute(fn, fut)
+        return fut
+
+    def _execute(self, fn, fut: Future) -> None:
+        if self.error is not None:  # a task after a failed one does not run
+            fut.set_exception(self.error)
+            return
+        try:
+            fn()
+            fut.set_result(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread
+            self.error = e
+            fut.set_exception(e)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            self._execute(*item)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+
+class PartitionBuffer:
+    def __init__(self, config: ConfigSchema, ckpt: CheckpointManager, seed: int,
+                 capacity: Optional[int] = None, io: Optional[str] = None):
+        self.config, self.ckpt, self.seed = config, ckpt, seed
+        d = config.dimension
+        self.counts: Dict[Key, int] = {}
+        for e, ec in config.entities.items():
+            for p in range(ec.num_partitions):
+                self.counts[(e, p)] = load_entity_count(config.entity_path, e, p)
+        self.partitioned = [e for e, ec in config.entities.items() if ec.num_partitions > 1]
+        slot_rows = {e: max(self.counts[(e, p)] for p in range(config.entities[e].num_partitions))
+                     for e in self.partitioned}
+        slot_bytes = sum(r * (d + 1) * 4 for r in slot_rows.values())
+        nparts = config.num_partitions
+        need = 2 if nparts > 1 else 1
+        self.capacity = capacity if capacity is not None else default_capacity(
+            config, slot_bytes, need, nparts)
+        self.capacity = max(need, min(nparts, self.capacity))
+        mode = io or config.partition_io
+        self.io = _IOThread(asynchronous=(mode == "async"))
+        self.eager_write = mode == "async"
+        # Slots are allocated on first use: a run that never needs the c-th does not pay for it.
+        self.slot_rows = slot_rows
+        self.slots: Dict[str, List[Optional[Tuple[torch.Tensor, torch.Tensor]]]] = {
+            e: [None] * self.capacity for e in self.partitioned}
+        self.resident: Dict[Key, _Resident] = {}
+        self.stats = IOStats()
+        self.version = 0  # the committed version partitions are read from
+        self.plan: List[Set[Key]] = []
+        self.meta: Dict[str, object] = {}
+        self.written: Set[Key] = set()  # keys written to version + 1 in this iteration
+        self.touched: Set[Key] = set()
+        self._closed = False
+
+    # ---- the iteration ---------------------------------------------------------------------
+    def bucket_keys(self, bucket: Tuple[int, int]) -> Set[Key]:
+        c, (lp, rp) = self.config, bucket
+        keys = set()
+        for r in c.relations:
+            keys.add((r.lhs, lp if c.entities[r.lhs].num_partitions > 1 else 0))
+            keys.add((r.rhs, rp if c.entities[r.rhs].num_partitions > 1 else 0))
+        return keys
+
+    def start_iteration(self, version: int, buckets: Sequence[Tuple[int, int]],
+                        meta: Dict[str, object]) -> None:
+        """Iteration `version` (reading version `version`, writing `version` + 1) will train
+        `buckets` in this order. Residents carry over: they equal what version `version` holds."""
+        self.version, self.meta = version, meta
+        self.plan = [self.bucket_keys(b) for b in buckets]
+        self.written, self.touched = set(), set()
+        for r in self.resident.values():
+            r.dirty, r.version = False, -1
+        if self.plan:
+            self._schedule_loads(0)
+
+    def acquire(self, i: int) -> Dict[Key, Tuple[torch.Tensor, torch.Tensor]]:
+        """Bucket i's partitions, resident and loaded; schedules bucket i + 1's loads."""
+        keys = self.plan[i]
+        self._schedule_loads(i)
+        t0 = time.perf_counter()
+        for k in keys:
+            self._wait(self.resident[k].ready)
+        self.stats.wait_seconds += time.perf_counter() - t0
+        if i + 1 < len(self.plan):
+            self._schedule_loads(i + 1, current=i)
+        for k in keys:
+            self.touched.add(k)
+        return {k: (self.resident[k].emb, self.resident[k].state) for k in keys}
+
+    def get(self, entity: str, part: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        r = self.resident[(entity, part)]
+        self._wait(r.ready)
+        return r.emb, r.state
+
+    def release(self, i: int) -> None:
+        """Bucket i was trained: its partitions are dirty; those it used for the last time in
+        this iteration are written back now (asynchronously), staying resident."""
+        for k in self.plan[i]:
+            r = self.resident[k]
+            r.dirty = True
+            if self.eager_write and not any(k in later for later in self.plan[i + 1:]):
+                self._write_back(k)
+
+    def finish_iteration(self) -> None:
+        """Every partition of version + 1 on disk: the dirty residents written, the untouched
+        ones linked from version (or initialised and written one at a time), all writes done."""
+        for k in sorted(self.resident):
+            if self.resident[k].dirty:
+                self._write_back(k)
+        pending = [r.ready for r in self.resident.values()]
+        t0 = time.perf_counter()
+        for f in pending:
+            self._wait(f)
+        self.stats.wait_seconds += time.perf_counter() - t0
+        nxt = self.version + 1
+        for k in sorted(self.counts):
+            if k in self.written:
+                continue
+            e, p = k
+            if self.version > 0 and self.ckpt.has_partition(e, p, self.version):
+                self.ckpt.link_partition(e, p, self.version, nxt)
+            else:  # never trained nor saved yet: initialise it, alone, and write it
+                emb = empty_table(self.counts[k], self.config.dimension)
+                state = torch.empty(self.counts[k])
+                t0 = time.perf_counter()
+                self._fill(k, emb, state)
+                self.stats.bytes_written += self.ckpt.save_partition(e, p, nxt, emb, state,
+                                                                     self.meta)
+                self.stats.io_seconds += time.perf_counter() - t0
+                self.stats.wait_seconds += time.perf_counter() - t0
+                self.stats.writes += 1
+            self.written.add(k)
+
+    def close(self) -> None:
+        """Stops the I/O thread (after its queued tasks). Residents stay valid."""
+        if not self._closed:
+            self._closed = True
+            self.io.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _wait(self, fut: Future) -> None:
+        fut.result()  # re-raises an I/O error in the training thread
+        self.io.raise_error()
+
+    def _next_use(self, k: Key, after: int) -> int:
+        for j in range(after, len(self.plan)):
+            if k in self.plan[j]:
+                return j
+        return len(self.plan) + 1  # not again in this iteration
+
+    def _schedule_loads(self, i: int, current: Optional[int] = None) -> None:
+        """Makes bucket i's keys resident (loads scheduled), evicting by farthest next use;
+        never evicting the keys of bucket `current` (being trained) or of bucket i."""
+        protect = set(self.plan[i]) | (set(self.plan[current]) if current is not None else set())
+        for k in sorted(self.plan[i]):
+            if k in self.resident:
+                continue
+            e = k[0]
+            if e not in self.slots:  # unpartitioned: its own tensors, held for the run
+                emb = empty_table(self.counts[k], self.config.dimension)
+                state = torch.empty(self.counts[k])
+                self._load(k, -1, emb, state)
+                continue
+            free = [s for s, used in enumerate(self._used_slots(e)) if not used]
+            if free:
+                slot = free[0]
+            else:
+                victims = [v for v in self.resident if v[0] == e and v not in protect]
+                if not victims:
+                    if current is not None:
+                        return  # prefetch needs the partitions in use: load it on acquire
+                    raise AssertionError("partition buffer smaller than a bucket's need")
+                victim = max(victims, key=lambda v: (self._next_use(v, i), v))
+                slot = self._evict(victim)
+            t = self._slot(e, slot)
+            rows = self.counts[k]
+            self._load(k, slot, t[0][:rows], t[1][:rows])
+
+    def _used_slots(self, e: str) -> List[bool]:
+        used = [False] * self.capacity
+        for k, r in self.resident.items():
+            if k[0] == e and r.slot >= 0:
+                used[r.slot] = True
+        return used
+
+    def _slot(self, e: str, s: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.slots[e][s] is None:
+            rows = self.slot_rows[e]
+            self.slots[e][s] = (empty_table(rows, self.config.dimension), torch.empty(rows))
+        return self.slots[e][s]
+
+    def _evict(self, k: Key) -> int:
+        r = self.resident[k]
+        if r.dirty:
+            self._write_back(k)
+        del self.resident[k]  # the slot's next task (a load) runs after the write, in order
+        return r.slot
+
+    def _load(self, k: Key, slot: int, emb: torch.Tensor, state: torch.Tensor) -> None:
+        prev = self.resident.get(k)
+        assert prev is None
+        self.resident[k] = _Resident(slot, emb, state, self.io.submit(
+            lambda: self._timed(lambda: self._fill(k, emb, state), load=True)))
+
+    def _fill(self, k: Key, emb: torch.Tensor, state: torch.Tensor) -> None:
+        """Reads k into emb / state: this iteration's write of it, or the committed version, or
+        init_path's checkpoint, or a fresh seeded initialisation."""
+        c, (e, p) = self.config, k
+        nbytes = 0
+        if k in self.written:
+            _, nbytes = self.ckpt.read_partition_into(e, p, self.version + 1, emb, state)
+        elif self.version > 0 and self.ckpt.has_partition(e, p, self.version):
+            _, nbytes = self.ckpt.read_partition_into(e, p, self.version, emb, state)
+        elif c.init_path and (init := CheckpointManager(c.init_path)).has_partition(
+                e, p, init.load_version()):
+            _, nbytes = init.read_partition_into(e, p, init.load_version(), emb, state)
+            state.zero_()  # a warm start begins its optimizer afresh
+        else:
+            init_embeddings_(emb, c.init_scale, zlib.crc32(f"{self.seed}:{e}:{p}".encode()))
+            state.zero_()
+        self.stats.bytes_read += nbytes
+
+    def _write_back(self, k: Key) -> None:
+        r = self.resident[k]
+        nxt = self.version + 1
+        r.dirty = False
+        r.version = nxt
+        self.written.add(k)
+        prev = r.ready
+        e, p = k
+        emb, state, meta = r.emb, r.state, self.meta
+
+        def task():
+            prev.result()
+            faults.point("buffer.write_back")
+            self.stats.bytes_written += self.ckpt.save_partition(e, p, nxt, emb, state, meta)
+
+        r.ready = self.io.submit(lambda: self._timed(task, load=False))
+
+    def _timed(self, fn: Callable[[], None], load: bool) -> None:
+        t0 = time.perf_counter()
+        fn()
+        self.stats.io_seconds += time.perf_counter() - t0
+        if load:
+            self.stats.loads += 1
+        else:
+            self.stats.writes += 1
