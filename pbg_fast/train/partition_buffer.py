@@ -214,8 +214,7 @@ class PartitionBuffer:
         for k in keys:
             self._wait(self.resident[k].ready)
         self.stats.wait_seconds += time.perf_counter() - t0
-        if i + 1 < len(self.plan):
-            self._schedule_loads(i + 1, current=i)
+        self._prefetch(i)
         for k in keys:
             self.touched.add(k)
         return {k: (self.resident[k].emb, self.resident[k].state) for k in keys}
@@ -280,6 +279,40 @@ class PartitionBuffer:
             if k in self.plan[j]:
                 return j
         return len(self.plan) + 1  # not again in this iteration
+
+    def _prefetch(self, i: int) -> None:
+        """While bucket i trains: the loads of the buckets after it, as far ahead as slots can
+        be freed without evicting a partition needed sooner than the one loaded (Belady), so a
+        load has several buckets' time to finish."""
+        if not self.io.asynchronous:
+            return
+        for j in range(i + 1, len(self.plan)):
+            missing = [k for k in sorted(self.plan[j]) if k not in self.resident]
+            if not missing:
+                continue
+            busy = set().union(*self.plan[i:j + 1])  # needed before (or by) bucket j
+            for k in missing:
+                e = k[0]
+                if e not in self.slots:
+                    self._schedule_loads(j, current=i)
+                    continue
+                free = [s for s, used in enumerate(self._used_slots(e)) if not used]
+                if free:
+                    slot = free[0]
+                else:
+                    # The victim on-demand Belady would evict at bucket j; if it is still
+                    # needed before j, this load (and those after it) waits until it is not,
+                    # so prefetching never costs an extra load.
+                    victims = [v for v in self.resident if v[0] == e and v not in self.plan[j]]
+                    if not victims:
+                        return
+                    victim = max(victims, key=lambda v: (self._next_use(v, j), v))
+                    if victim in busy:
+                        return
+                    slot = self._evict(victim)
+                t = self._slot(e, slot)
+                rows = self.counts[k]
+                self._load(k, slot, t[0][:rows], t[1][:rows])
 
     def _schedule_loads(self, i: int, current: Optional[int] = None) -> None:
         """Makes bucket i's keys resident (loads scheduled), evicting by farthest next use;
@@ -373,7 +406,10 @@ class PartitionBuffer:
     def _timed(self, fn: Callable[[], None], load: bool) -> None:
         t0 = time.perf_counter()
         fn()
-        self.stats.io_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.stats.io_seconds += dt
+        if not self.io.asynchronous:
+            self.stats.wait_seconds += dt  # inline: training waited for all of it
         if load:
             self.stats.loads += 1
         else:

@@ -68,16 +68,15 @@ def _buffer_order(nl: int, nr: int, capacity: int, rng: random.Random) -> List[B
     for i, j in todo:
         left[i] += 1
         left[j] += i != j
-    out: List[Bucket] = []
+    groups: List[List[Tuple[int, int]]] = [[]]  # the pairs trained after each load
+    victims: List[int] = []  # the partition each load after the first fill evicts
 
     def train_pair(i: int, j: int) -> None:
         todo.discard((min(i, j), max(i, j)))
         left[i] -= 1
         if i != j:
             left[j] -= 1
-            out.extend([(i, j), (j, i)])
-        else:
-            out.append((i, i))
+        groups[-1].append((i, j))
 
     resident = perm[:c]
     for a in range(c):
@@ -95,12 +94,22 @@ def _buffer_order(nl: int, nr: int, capacity: int, rng: random.Random) -> List[B
                 if best is None or key > best[0]:
                     best = (key, n, v)
         _, n, v = best
+        victims.append(v)
+        groups.append([])
         resident = [r for r in resident if r != v] + [n]
         if (n, n) in todo:
             train_pair(n, n)
         for r in resident[:-1]:
             if (min(n, r), max(n, r)) in todo:
                 train_pair(r, n)
+    # In each group, the pairs of the partition the next load evicts go first: it is free
+    # early, and the buffer loads its replacement while the rest of the group trains.
+    out: List[Bucket] = []
+    for g, pairs in enumerate(groups):
+        nxt = victims[g] if g < len(victims) else None
+        pairs.sort(key=lambda pr: nxt not in pr)
+        for i, j in pairs:
+            out.extend([(i, j), (j, i)] if i != j else [(i, i)])
     return out
 
 
