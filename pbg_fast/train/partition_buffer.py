@@ -107,6 +107,7 @@ class _IOThread:
     def __init__(self, asynchronous: bool):
         self.asynchronous = asynchronous
         self.error: Optional[BaseException] = None
+        self.cancelled = False
         self.queue: "queue.Queue" = queue.Queue()
         self.thread = None
         if asynchronous:
@@ -125,6 +126,9 @@ class _IOThread:
     def _execute(self, fn, fut: Future) -> None:
         if self.error is not None:  # a task after a failed one does not run
             fut.set_exception(self.error)
+            return
+        if self.cancelled:
+            fut.cancel()
             return
         try:
             fn()
@@ -145,6 +149,9 @@ class _IOThread:
             raise self.error
 
     def close(self) -> None:
+        """Skips the tasks not started (after an error or an interrupt there may be many
+        queued), lets the running one finish, and stops the thread."""
+        self.cancelled = True
         if self.thread is not None:
             self.queue.put(None)
             self.thread.join()
@@ -264,7 +271,9 @@ class PartitionBuffer:
             self.written.add(k)
 
     def close(self) -> None:
-        """Stops the I/O thread (after its queued tasks). Residents stay valid."""
+        """Stops the I/O thread. After finish_iteration every task is done and the residents
+        stay valid; after an error, tasks not started are skipped (the pending version is never
+        committed then)."""
         if not self._closed:
             self._closed = True
             self.io.close()
@@ -294,7 +303,7 @@ class PartitionBuffer:
             for k in missing:
                 e = k[0]
                 if e not in self.slots:
-                    self._schedule_loads(j, current=i)
+                    self._load_whole(k)
                     continue
                 free = [s for s, used in enumerate(self._used_slots(e)) if not used]
                 if free:
@@ -322,10 +331,8 @@ class PartitionBuffer:
             if k in self.resident:
                 continue
             e = k[0]
-            if e not in self.slots:  # unpartitioned: its own tensors, held for the run
-                emb = empty_table(self.counts[k], self.config.dimension)
-                state = torch.empty(self.counts[k])
-                self._load(k, -1, emb, state)
+            if e not in self.slots:
+                self._load_whole(k)
                 continue
             free = [s for s, used in enumerate(self._used_slots(e)) if not used]
             if free:
@@ -341,6 +348,11 @@ class PartitionBuffer:
             t = self._slot(e, slot)
             rows = self.counts[k]
             self._load(k, slot, t[0][:rows], t[1][:rows])
+
+    def _load_whole(self, k: Key) -> None:
+        """An unpartitioned type: its own tensors, held for the whole run."""
+        emb = empty_table(self.counts[k], self.config.dimension)
+        self._load(k, -1, emb, torch.empty(self.counts[k]))
 
     def _used_slots(self, e: str) -> List[bool]:
         used = [False] * self.capacity
