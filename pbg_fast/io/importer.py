@@ -1,18 +1,26 @@
 """Import TSV edge lists into PBG 1.0's partitioned on-disk layout, streaming.
 
-One parse of each input, in blocks read by Arrow's multi-threaded C++ CSV reader: each block's
-names are dictionary-encoded in C++ into local integer codes, which are kept (or spilled to disk
-past a memory budget), and merged into one name table per entity type. Memory is bounded by the
-block size, the name tables (compact Arrow strings) and the integer codes. Then partitions are
-assigned at random (seeded), and a second pass over the integers maps them to (partition,
-offset) and appends each edge to its bucket file. All outputs are staged in hidden temporary
-files and renamed into place only when everything succeeded: a malformed line leaves nothing
-half-written.
+One parse of each input, in chunks of about `block_bytes` cut at line ends, each read by Arrow's
+multi-threaded C++ CSV reader: each chunk's names are dictionary-encoded in C++ into local
+integer codes, which are kept (or spilled to disk past a memory budget), and merged into one
+name table per entity type. Memory is bounded by the chunk size (or the longest line), the name
+tables (compact Arrow strings) and the integer codes. Then partitions are assigned at random
+(seeded), and a second pass over the integers maps them to (partition, offset) and appends each
+edge to its bucket file. All outputs are staged in hidden temporary files and renamed into place
+only when everything succeeded: a malformed line leaves nothing half-written.
 
-Malformed lines (wrong column count, empty field, bad weight, undecodable bytes) fail with
-file:line, or with skip_bad_lines=True are skipped and counted.
+Malformed lines (wrong column count, empty field, bad weight, undecodable bytes; see "what a
+line is" below) fail with file:line, or with skip_bad_lines=True are skipped and counted.
+
+Scratch space lives beside the outputs, never in the system temp directory:
+<entity_path>/.pbg_fast_spill.<pid>.<random> (spilled integer codes) and
+<output dir>/.pbg_fast_import.<pid>.<random> (staged outputs). They are removed when the import
+ends, however it ends; a killed import's are removed by the next import into the same
+directories (those whose pid is no longer alive). Argument and input file errors are raised
+before anything is read or written.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from .. import faults
 from ..config import ConfigSchema
 from .files import FORMAT_VERSION, FORMAT_VERSION_ATTR, IMPORT_MARKER, DataError, fsync_dir
 
@@ -49,106 +58,305 @@ class _Columns:
         self.min_fields = max(self.used) + 1
 
 
-def _line_error(path: str, line_no: int, line: bytes, cols: _Columns, delimiter: str) -> Optional[str]:
-    """Why a raw line is malformed (None if it is fine)."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return f"undecodable bytes ({e.reason} at byte {e.start})"
-    text = text.rstrip("\r\n")
-    fields = text.split(delimiter)
+# ---- what a line is ------------------------------------------------------------------------------
+#
+# Lines end at "\n"; one "\r" before it (or before the end of the file) is part of the line end.
+# A line that is empty apart from its end is blank and skipped (it still counts in line numbers);
+# a UTF-8 byte order mark at the start of the file is dropped. Any other line must have at least
+# max(column)+1 fields, each used field non-empty and valid UTF-8 (unused fields are not looked
+# at), no other "\r", and a weight that Arrow parses (spaces and tabs around it allowed) to a
+# finite float32 >= 0. The line-by-line path (_parse_slow) is the reference for these rules; the
+# Arrow path (_parse_fast) takes a chunk only when it can vouch that the reference would produce
+# the same rows, and otherwise hands the chunk over. So a bad line gets the same verdict and
+# message wherever it falls, and valid input never differs between the two.
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _line_fields(line: bytes, cols: _Columns, delim: bytes) -> Tuple[Optional[str], List[str]]:
+    """(None, the used fields decoded) for a good line (given without its line end), or (why it
+    is malformed, []). Weights are checked later, a chunk at a time (_parse_weights)."""
+    if b"\r" in line:
+        return "stray carriage return (\\r) inside the line; end lines with \\n or \\r\\n", []
+    fields = line.split(delim)
     if len(fields) < cols.min_fields:
-        return f"expected at least {cols.min_fields} columns, got {len(fields)}"
+        return f"expected at least {cols.min_fields} columns, got {len(fields)}", []
+    out = []
     for c in cols.used:
-        if fields[c] == "":
-            return f"empty field in column {c}"
-    if cols.weight is not None:
+        raw = fields[c]
+        if not raw:
+            return f"empty field in column {c}", []
         try:
-            float(fields[cols.weight])
-        except ValueError:
-            return f"column {cols.weight}: weight {fields[cols.weight]!r} is not a number"
-    return None
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            if c == cols.weight:
+                return f"column {c}: weight {raw!r} is not a number", []
+            at = sum(len(f) + len(delim) for f in fields[:c]) + e.start
+            return f"undecodable bytes in column {c} ({e.reason} at byte {at} of the line)", []
+    return None, out
 
 
-_SLOW_BATCH_ROWS = 1 << 20
+def _parse_weights(texts: List[str], col: int) -> Tuple[np.ndarray, List[Tuple[int, str]]]:
+    """float32 weights parsed as Arrow's CSV reader parses them (it trims spaces and tabs), and
+    (index, reason) of each that is not a finite number >= 0."""
+    trimmed = pa.array([t.strip(" \t") for t in texts], pa.string())
+    parsed = np.ones(len(texts), bool)
+    try:
+        w = trimmed.cast(pa.float32()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:  # some are not numbers: find them one by one
+        w = np.zeros(len(texts), np.float32)
+        for i, t in enumerate(trimmed):
+            try:
+                w[i] = t.cast(pa.float32()).as_py()
+            except pa.ArrowInvalid:
+                parsed[i] = False
+    with np.errstate(invalid="ignore"):
+        bad = ~parsed | ~np.isfinite(w) | (w < 0)
+    return w, [(int(i), f"column {col}: weight {texts[i]!r} "
+                + ("must be a finite number >= 0" if parsed[i] else "is not a number"))
+               for i in np.flatnonzero(bad)]
 
 
-def _iter_batches_slow(path: str, cols: _Columns, delimiter: str, skip_bad: bool,
-                       stats: ImportStats):
-    """Line by line in Python: exact diagnostics, and the skip-bad-lines mode. Yields the same
-    {column: Arrow array} batches as the fast path."""
-    rows, line_no = [], 0
+def _parse_slow(path: str, chunk: bytes, first_line: int, cols: _Columns, delimiter: str,
+                skip_bad: bool, stats: ImportStats) -> Tuple[Dict[int, pa.Array], List[int]]:
+    """Line by line in Python: the reference rules, the exact diagnostics and skip_bad_lines.
+    Returns the chunk's {column: Arrow array} (the weight as float32) and each row's line."""
+    delim = delimiter.encode()
+    rows: List[List[str]] = []
+    line_nos: List[int] = []
+    bad: List[Tuple[int, str]] = []  # (line, reason)
+    for i, line in enumerate(chunk.split(b"\n")):
+        if first_line == 1 and i == 0 and line.startswith(_BOM):
+            line = line[len(_BOM):]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            continue
+        err, fields = _line_fields(line, cols, delim)
+        if err is not None:
+            bad.append((first_line + i, err))
+            if not skip_bad:
+                break  # the lines before it may still hold an earlier bad weight
+            continue
+        rows.append(fields)
+        line_nos.append(first_line + i)
+    out = {c: pa.array([r[k] for r in rows], pa.string()) for k, c in enumerate(cols.used)}
+    if cols.weight is not None:
+        w, w_bad = _parse_weights(out[cols.weight].to_pylist(), cols.weight)
+        bad += [(line_nos[i], reason) for i, reason in w_bad]
+        out[cols.weight] = pa.array(w, pa.float32())
+        if w_bad and skip_bad:
+            keep = np.ones(len(rows), bool)
+            keep[[i for i, _ in w_bad]] = False
+            out = {c: a.filter(pa.array(keep)) for c, a in out.items()}
+            line_nos = [n for n, k in zip(line_nos, keep) if k]
+    if bad and not skip_bad:
+        line_no, reason = min(bad)
+        raise DataError(f"{path}:{line_no}: {reason}")
+    stats.skipped_bad_lines += len(bad)
+    return out, line_nos
 
-    def batch():
-        out = {c: pa.array([r[i] for r in rows], pa.string()) for i, c in enumerate(cols.used)}
-        if cols.weight is not None:
-            out[cols.weight] = out[cols.weight].cast(pa.float32())
-        return out
 
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            err = _line_error(path, line_no, line, cols, delimiter)
-            if err is not None:
-                if skip_bad:
-                    stats.skipped_bad_lines += 1
-                    continue
-                raise DataError(f"{path}:{line_no}: {err}")
-            fields = line.decode("utf-8").rstrip("\r\n").split(delimiter)
-            rows.append([fields[c] for c in cols.used])
-            if len(rows) >= _SLOW_BATCH_ROWS:
-                yield batch()
-                rows = []
-    if rows:
-        yield batch()
-
-
-def _iter_batches(path: str, cols: _Columns, delimiter: str, block_bytes: int, skip_bad: bool,
-                  stats: ImportStats):
-    """{column: Arrow array} batches of the used columns (strings; the weight as float32). The
-    fast path is Arrow's multi-threaded C++ CSV reader; on any parse problem the slow path
-    re-reads the file to name the offending line."""
-    if skip_bad:
-        yield from _iter_batches_slow(path, cols, delimiter, True, stats)
-        return
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such input file")
-    if os.path.getsize(path) == 0:
-        return
+def _parse_fast(chunk: bytes, at_file_start: bool, cols: _Columns,
+                delimiter: str) -> Optional[Dict[int, pa.Array]]:
+    """The chunk's {column: Arrow array} from Arrow's C++ CSV reader, or None where the chunk
+    may hold a line that _parse_slow would not read the same (then it decides)."""
+    n_cr = chunk.count(b"\r")
+    if n_cr and n_cr != chunk.count(b"\r\n") + chunk.endswith(b"\r"):
+        return None  # a stray \r: Arrow would end the row there
+    if not at_file_start and chunk.startswith(_BOM):
+        return None  # Arrow drops a BOM at the start of its input; only the file's is one
     names = {c: f"f{c}" for c in cols.used}
     types = {names[c]: pa.string() for c in cols.used}
     if cols.weight is not None:
         types[names[cols.weight]] = pa.float32()
-    yielded = False
     try:
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(autogenerate_column_names=True, block_size=block_bytes,
-                                            use_threads=True),
+        table = pa_csv.read_csv(
+            pa.BufferReader(chunk),
+            # One Arrow block per chunk: chunks end at line ends, so no row straddles blocks.
+            read_options=pa_csv.ReadOptions(autogenerate_column_names=True,
+                                            block_size=len(chunk) + 1, use_threads=True),
             parse_options=pa_csv.ParseOptions(delimiter=delimiter, quote_char=False,
                                               double_quote=False, escape_char=False,
                                               newlines_in_values=False, ignore_empty_lines=True),
             convert_options=pa_csv.ConvertOptions(
-                include_columns=[names[c] for c in cols.used], column_types=types,
-                strings_can_be_null=False, quoted_strings_can_be_null=False, null_values=[]),
-        )
-        for rb in reader:
-            out = {c: rb.column(names[c]) for c in cols.used}
-            for c in cols.used:
-                if c != cols.weight and len(out[c]) and pc.min(pc.binary_length(out[c])).as_py() == 0:
-                    raise ValueError(f"empty field in column {c}")
-            yielded = True
-            yield out
-    except (ValueError, UnicodeDecodeError, pa.ArrowException) as e:
-        # Find and name the first bad line (re-reading: correctness over speed here).
-        if yielded:
-            for _ in _iter_batches_slow(path, cols, delimiter, False, stats):
-                pass
-            raise DataError(f"{path}: malformed input ({e})") from None
-        # Nothing consumed yet (or a file Arrow cannot start on, e.g. only blank lines): the
-        # slow path either names the bad line or yields the rows.
-        yield from _iter_batches_slow(path, cols, delimiter, False, stats)
+                include_columns=list(types), column_types=types, strings_can_be_null=False,
+                quoted_strings_can_be_null=False, null_values=[]))
+    except (pa.ArrowException, ValueError, OverflowError):
+        return None  # a bad line, uneven column counts, only blank lines, ...
+    out = {}
+    for c in cols.used:
+        a = table.column(names[c]).combine_chunks()
+        if a.null_count:
+            return None
+        if c == cols.weight:
+            w = a.to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                if not (np.isfinite(w).all() and (w >= 0).all()):
+                    return None
+        elif len(a) and pc.min(pc.binary_length(a)).as_py() == 0:
+            return None  # an empty field
+        out[c] = a
+    return out
+
+
+def _chunks(path: str, f, block_bytes: int):
+    """(chunk, its first line number): about block_bytes of the file at a time, cut after the
+    last line end in it; a line longer than that grows its chunk until it ends."""
+    rest, line_no = b"", 1
+    while True:
+        try:
+            data = f.read(max(block_bytes, len(rest)))  # doubling: linear in a huge line
+        except OSError as e:
+            raise DataError(f"{path}: cannot read the input file ({e.strerror or e})") from None
+        if not data:
+            if rest:
+                yield rest, line_no
+            return
+        buf = rest + data if rest else data
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0:
+            rest = buf
+            continue
+        chunk, rest = buf[:cut], buf[cut:]
+        yield chunk, line_no
+        line_no += chunk.count(b"\n")
+
+
+_SLOW_BYTES = 64 << 10  # a chunk the Arrow path rejects is halved down to this, then read slowly
+
+
+def _parse(path: str, chunk: bytes, first_line: int, cols: _Columns, delimiter: str,
+           skip_bad: bool, stats: ImportStats):
+    """Yields ({column: Arrow array}, line_of) for a chunk: by Arrow if it can vouch for it,
+    else halved at a line end (so one bad line costs a few small slow reads, not 16 MB of them),
+    line by line once small. line_of(row) is a row's line number, for errors found later."""
+    out = _parse_fast(chunk, first_line == 1, cols, delimiter)
+    if out is not None:
+        def line_of(row, chunk=chunk, first_line=first_line):  # rare: re-read to count
+            return _parse_slow(path, chunk, first_line, cols, delimiter, False,
+                               ImportStats())[1][row]
+        yield out, line_of
+        return
+    mid = chunk.rfind(b"\n", 0, len(chunk) // 2) + 1 or chunk.find(b"\n", len(chunk) // 2) + 1
+    if len(chunk) <= _SLOW_BYTES or not 0 < mid < len(chunk):
+        out, line_nos = _parse_slow(path, chunk, first_line, cols, delimiter, skip_bad, stats)
+        yield out, line_nos.__getitem__
+        return
+    yield from _parse(path, chunk[:mid], first_line, cols, delimiter, skip_bad, stats)
+    yield from _parse(path, chunk[mid:], first_line + chunk.count(b"\n", 0, mid), cols,
+                      delimiter, skip_bad, stats)
+
+
+def _iter_batches(path: str, cols: _Columns, delimiter: str, block_bytes: int, skip_bad: bool,
+                  stats: ImportStats):
+    """({column: Arrow array}, line_of) batches of the used columns (strings; the weight as
+    float32), in file order, of about block_bytes of input each."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the input file ({e.strerror or e})") from None
+    with f:
+        for chunk, first_line in _chunks(path, f, block_bytes):
+            for out, line_of in _parse(path, chunk, first_line, cols, delimiter, skip_bad, stats):
+                if len(out[cols.lhs]):
+                    yield out, line_of
+
+
+# ---- arguments, outputs, and what killed imports leave behind -----------------------------------
+
+def _check_args(config: ConfigSchema, inputs: List[str], cols: Dict[str, Optional[int]],
+                delimiter, min_counts: Dict[str, int], block_bytes) -> None:
+    """Every argument and input file, before anything is read or written."""
+    if len(inputs) != len(config.edge_paths):
+        raise DataError(f"edge_paths: the config names {len(config.edge_paths)} edge paths but "
+                        f"{len(inputs)} input files were given; they pair up one to one")
+    if config.dynamic_relations and cols["--rel-col"] is None:
+        raise DataError("--rel-col: dynamic_relations needs a relation column")
+    if not (isinstance(delimiter, str) and len(delimiter) == 1 and delimiter.isascii()
+            and delimiter not in "\r\n"):
+        raise DataError(f"--delimiter: must be one ASCII character other than a line break "
+                        f"(e.g. a tab, ',' or ' '), got {delimiter!r}")
+    seen: Dict[int, str] = {}
+    for opt, c in cols.items():
+        if c is None and opt in ("--rel-col", "--weight-col"):
+            continue
+        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+            raise DataError(f"{opt}: must be a column index (0 for the first column), got {c!r}")
+        if c in seen:
+            raise DataError(f"{opt}: column {c} is already the {seen[c]}; each of lhs, rhs, "
+                            f"relation and weight needs its own column")
+        seen[c] = opt
+    for opt, n in min_counts.items():
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise DataError(f"{opt}: must be an integer >= 1 (1 keeps everything), got {n!r}")
+    if not isinstance(block_bytes, int) or block_bytes < 1:
+        raise DataError(f"block_bytes: must be a positive number of bytes, got {block_bytes!r}")
+    for path in inputs:
+        if os.path.isdir(path):
+            raise DataError(f"{path}: is a directory; name the TSV file(s) in it instead")
+        if not os.path.exists(path):
+            raise DataError(f"{path}: no such input file")
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: not a regular file; import from a file on disk")
+        try:
+            open(path, "rb").close()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read the input file ({e.strerror or e})") from None
+    for key, d in [("entity_path", config.entity_path)] + [
+            (f"edge_paths[{i}]", p) for i, p in enumerate(config.edge_paths)]:
+        for parent in [Path(d)] + list(Path(d).parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise DataError(f"{key}: {parent} exists and is not a directory")
+                break
+
+
+# Staging and spill directories of an import are named .pbg_fast_import.<pid>.<random> (in each
+# output directory) and .pbg_fast_spill.<pid>.<random> (in entity_path): a kill -9 skips the
+# cleanup in `finally`, so each import first removes those whose process is gone.
+_STAGE_PREFIX, _SPILL_PREFIX = ".pbg_fast_import.", ".pbg_fast_spill."
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_stale(dirs: List[Path]) -> None:
+    for d in dirs:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:  # not there yet
+            continue
+        for e in entries:
+            if not e.name.startswith((_STAGE_PREFIX, _SPILL_PREFIX)):
+                continue
+            pid = e.name.split(".")[2]  # "" pbg_fast_import <pid> <random>; older: no pid
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
+
+
+def _make_dirs(key: str, d: Path) -> List[Path]:
+    """mkdir -p; returns the directories it created, deepest last."""
+    created = [p for p in reversed([d] + list(d.parents)) if not p.exists()]
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{key}: cannot create {d} ({e.strerror or e})") from None
+    return created
 
 
 class _BucketWriter:
@@ -251,6 +459,7 @@ class _Spill:
         f = self.dir / f"{self.files}.npz"
         self.files += 1
         np.savez(f, **arrays)
+        faults.point("import.spilled")
         return f
 
     @staticmethod
@@ -278,18 +487,22 @@ def import_from_tsv(
     """Writes the entity files to config.entity_path and inputs[i]'s edges to
     config.edge_paths[i] (as torchbiggraph_import_from_tsv does).
 
-    One parse (Arrow's threaded C++ reader, in blocks of `block_bytes`): each block's names are
-    dictionary-encoded in C++ into local integer codes, kept (or spilled) with the block, and
-    merged into one name table per entity type (see _NameTable). Then partitions are assigned,
-    and a second pass over the integers only maps them to (partition, offset) and appends each
-    edge to its bucket.
+    One parse (Arrow's threaded C++ reader, in chunks of about `block_bytes`): each chunk's
+    names are dictionary-encoded in C++ into local integer codes, kept (or spilled) with the
+    chunk, and merged into one name table per entity type (see _NameTable). Then partitions are
+    assigned, and a second pass over the integers only maps them to (partition, offset) and
+    appends each edge to its bucket.
+
+    Raises DataError for a bad argument (naming its option), input file or line
+    (``path:line: reason``), or output directory; with skip_bad_lines=True bad lines are
+    counted in stats.skipped_bad_lines instead (an unknown static relation still fails).
     """
     t0 = time.perf_counter()
-    if len(inputs) != len(config.edge_paths):
-        raise DataError(f"edge_paths: the config names {len(config.edge_paths)} edge paths but "
-                        f"{len(inputs)} input files were given; they pair up one to one")
-    if config.dynamic_relations and rel_col is None:
-        raise DataError("--rel-col: dynamic_relations needs a relation column")
+    _check_args(config, inputs,
+                {"--lhs-col": lhs_col, "--rhs-col": rhs_col, "--rel-col": rel_col,
+                 "--weight-col": weight_col}, delimiter,
+                {"--relation-type-min-count": relation_type_min_count,
+                 "--entity-min-count": entity_min_count}, block_bytes)
     cols = _Columns(lhs_col, rhs_col, rel_col, weight_col)
     stats = ImportStats()
     dynamic = config.dynamic_relations
@@ -303,27 +516,39 @@ def import_from_tsv(
     rel_lhs_type = np.array([config.relations[0 if dynamic else i].lhs for i in range(len(rel_names_cfg))])
     rel_rhs_type = np.array([config.relations[0 if dynamic else i].rhs for i in range(len(rel_names_cfg))])
 
+    ent_dir = Path(config.entity_path)
+    outs = [("entity_path", ent_dir)] + [(f"edge_paths[{i}]", Path(p))
+                                         for i, p in enumerate(config.edge_paths)]
+    _remove_stale([d for _, d in outs])
+    created: List[Path] = []  # output directories this import made (removed again on failure)
     staged: List[Tuple[Path, Path]] = []  # (staging dir, final dir)
-    spill_dir = Path(tempfile.mkdtemp(prefix="pbg_fast_import_"))
-    spill = _Spill(spill_dir)
+    spill_dir = None
+    ok = False
     try:
+        for key, d in outs:
+            created += _make_dirs(key, d)
+        spill_dir = Path(tempfile.mkdtemp(prefix=f"{_SPILL_PREFIX}{os.getpid()}.", dir=ent_dir))
+        spill = _Spill(spill_dir)
         # ---- pass 1: parse once; local codes per batch, name tables merged in C++ ----
         batches: List[List[Tuple[object, Dict[str, int]]]] = []  # per input: (spill handle, slots)
         for path in inputs:
             per_input = []
-            for batch in _iter_batches(path, cols, delimiter, block_bytes, skip_bad_lines, stats):
+            for batch, line_of in _iter_batches(path, cols, delimiter, block_bytes,
+                                                skip_bad_lines, stats):
                 n = len(batch[lhs_col])
-                first_row = stats.lines
                 stats.lines += n
                 if rel_col is not None:
                     r_codes, r_uniques, _ = _encode(batch[rel_col])
                     names = r_uniques.to_pylist()
                     if not dynamic:
+                        # Dictionary order is first-seen order: bad[0] is the first bad row's.
                         bad = [u for u in names if u not in rel_ids]
                         if bad:
                             pos = int(np.argmax(r_codes == names.index(bad[0])))
-                            raise DataError(f"{path}: relation {bad[0]!r} (data row {first_row + pos + 1}) "
-                                            f"is not among the config's relations {rel_names_cfg}")
+                            raise DataError(
+                                f"{path}:{line_of(pos)}: relation {bad[0]!r} (column {rel_col}) "
+                                f"is not among the config's relations {rel_names_cfg}; add it "
+                                f"to `relations` or set dynamic_relations")
                     to_global = np.array([rel_ids.setdefault(u, len(rel_ids)) for u in names], np.int64)
                     rel = to_global[r_codes]
                 else:
@@ -396,8 +621,7 @@ def import_from_tsv(
         nr = max(e.num_partitions for e in config.entities.values())
         for per_input, out_dir in zip(batches, config.edge_paths):
             out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=".pbg_fast_import.", dir=out))
+            stage = Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}.", dir=out))
             staged.append((stage, out))
             writer = _BucketWriter(stage, weight_col is not None)
             try:
@@ -438,14 +662,13 @@ def import_from_tsv(
                         bl, br = divmod(int(key[seg[0]]), nr)
                         writer.append(bl, br, lo[rows], ro[rows], new_rel[rows],
                                       weight[rows] if weight is not None else None)
+                        faults.point("import.bucket")
                     stats.edges += len(idx)
             finally:
                 writer.close()
 
         # ---- everything parsed: move into place ----
-        ent_dir = Path(config.entity_path)
-        ent_dir.mkdir(parents=True, exist_ok=True)
-        ent_stage = Path(tempfile.mkdtemp(prefix=".pbg_fast_import.", dir=ent_dir))
+        ent_stage = Path(tempfile.mkdtemp(prefix=f"{_STAGE_PREFIX}{os.getpid()}.", dir=ent_dir))
         staged.append((ent_stage, ent_dir))
         for etype, split in parts_of.items():
             for i, members in enumerate(split):
@@ -462,6 +685,7 @@ def import_from_tsv(
         for final in finals:
             (final / IMPORT_MARKER).write_text("")
             fsync_dir(final)
+        faults.point("import.marked")
         for stage, final in staged:
             # Old bucket files of a previous import would mix with the new ones: remove them.
             if final != ent_dir:
@@ -469,13 +693,25 @@ def import_from_tsv(
                     old.unlink()
             for f in stage.iterdir():
                 os.replace(f, final / f.name)
+                faults.point("import.moving")
             fsync_dir(final)
+        faults.point("import.moved")
         for final in finals:
             (final / IMPORT_MARKER).unlink()
             fsync_dir(final)
+        faults.point("import.done")  # complete; only staging and spill are left to remove
+        ok = True
+    except OSError as e:  # disk full, permissions, ... while writing the outputs
+        raise DataError(f"{e.filename or ent_dir}: cannot write the import "
+                        f"({e.strerror or e})") from None
     finally:
         for stage, _ in staged:
             shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(spill_dir, ignore_errors=True)
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+        if not ok:  # leave no empty output directories behind either
+            for d in reversed(created):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
     stats.seconds = time.perf_counter() - t0
     return stats
