@@ -34,21 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.bench_train import make_graph  # noqa: E402
+from benchmarks.bench_train import make_graph, run_training  # noqa: E402
 from benchmarks.common import emit  # noqa: E402
 from pbg_fast.train.schedule import bucket_order, count_loads  # noqa: E402
-
-RUNNER = """
-import json, sys, time
-sys.path.insert(0, {root!r})
-from pbg_fast.config import parse_config
-from pbg_fast.train.trainer import train
-t0 = time.perf_counter()
-recs = train(parse_config(json.loads({cfg!r})))
-wall = time.perf_counter() - t0
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps(dict(recs=recs, wall=wall, peak_rss_mb=int(hwm) / 1024)))
-"""
 
 IMPORT_RUNNER = """
 import json, sys
@@ -149,8 +137,7 @@ def main():
     for name, p, over in runs:
         ent, ed = graphs[p]
         ck = work / f"ck_{name}"
-        out = subprocess_json(RUNNER.format(root=str(ROOT), cfg=json.dumps(
-            config(ent, ed, str(ck), p, dim, **over))))
+        out = run_training(config(ent, ed, str(ck), p, dim, **over))
         shutil.rmtree(ck, ignore_errors=True)
         it = out["recs"][-1]
         res = dict(wall_edges_per_s=it["wall_edges_per_s"], bucket_op_edges_per_s=it["edges_per_s"],

@@ -296,58 +296,41 @@ class PartitionBuffer:
         if not self.io.asynchronous:
             return
         for j in range(i + 1, len(self.plan)):
-            missing = [k for k in sorted(self.plan[j]) if k not in self.resident]
-            if not missing:
-                continue
             busy = set().union(*self.plan[i:j + 1])  # needed before (or by) bucket j
-            for k in missing:
-                e = k[0]
-                if e not in self.slots:
-                    self._load_whole(k)
-                    continue
-                free = [s for s, used in enumerate(self._used_slots(e)) if not used]
-                if free:
-                    slot = free[0]
-                else:
-                    # The victim on-demand Belady would evict at bucket j; if it is still
-                    # needed before j, this load (and those after it) waits until it is not,
-                    # so prefetching never costs an extra load.
-                    victims = [v for v in self.resident if v[0] == e and v not in self.plan[j]]
-                    if not victims:
-                        return
-                    victim = max(victims, key=lambda v: (self._next_use(v, j), v))
-                    if victim in busy:
-                        return
-                    slot = self._evict(victim)
-                t = self._slot(e, slot)
-                rows = self.counts[k]
-                self._load(k, slot, t[0][:rows], t[1][:rows])
+            for k in sorted(self.plan[j]):
+                if k not in self.resident and not self._place(k, j, busy):
+                    return  # this load (and those after it) waits until a slot is free
 
-    def _schedule_loads(self, i: int, current: Optional[int] = None) -> None:
-        """Makes bucket i's keys resident (loads scheduled), evicting by farthest next use;
-        never evicting the keys of bucket `current` (being trained) or of bucket i."""
-        protect = set(self.plan[i]) | (set(self.plan[current]) if current is not None else set())
+    def _schedule_loads(self, i: int) -> None:
+        """Makes bucket i's keys resident (their loads scheduled)."""
         for k in sorted(self.plan[i]):
-            if k in self.resident:
-                continue
-            e = k[0]
-            if e not in self.slots:
-                self._load_whole(k)
-                continue
-            free = [s for s, used in enumerate(self._used_slots(e)) if not used]
-            if free:
-                slot = free[0]
-            else:
-                victims = [v for v in self.resident if v[0] == e and v not in protect]
-                if not victims:
-                    if current is not None:
-                        return  # prefetch needs the partitions in use: load it on acquire
-                    raise AssertionError("partition buffer smaller than a bucket's need")
-                victim = max(victims, key=lambda v: (self._next_use(v, i), v))
-                slot = self._evict(victim)
-            t = self._slot(e, slot)
-            rows = self.counts[k]
-            self._load(k, slot, t[0][:rows], t[1][:rows])
+            if k not in self.resident and not self._place(k, i, self.plan[i]):
+                raise AssertionError("partition buffer smaller than a bucket's need")
+
+    def _place(self, k: Key, j: int, busy: Set[Key]) -> bool:
+        """Schedules k's load for bucket j into a free slot, or into the slot of the partition
+        on-demand Belady would evict at bucket j (farthest next use, not needed by j). Returns
+        False, doing nothing, when that victim is in `busy` (still needed before j): so loading
+        early never costs an extra load."""
+        e = k[0]
+        if e not in self.slots:
+            self._load_whole(k)
+            return True
+        free = [s for s, used in enumerate(self._used_slots(e)) if not used]
+        if free:
+            slot = free[0]
+        else:
+            victims = [v for v in self.resident if v[0] == e and v not in self.plan[j]]
+            if not victims:
+                return False
+            victim = max(victims, key=lambda v: (self._next_use(v, j), v))
+            if victim in busy:
+                return False
+            slot = self._evict(victim)
+        t = self._slot(e, slot)
+        rows = self.counts[k]
+        self._load(k, slot, t[0][:rows], t[1][:rows])
+        return True
 
     def _load_whole(self, k: Key) -> None:
         """An unpartitioned type: its own tensors, held for the whole run."""
