@@ -1,126 +1,169 @@
-"""Crash safety of the importer: a re-import over a finished one, killed with SIGKILL more than
-20 times (at injected points: after a spill, mid bucket writing, with the directories marked,
-while files move into place, after the move; and at random moments), never leaves data mixed
-from both: the old import loads intact, or the trainer refuses the directory (the import
-marker); a clean re-run then gives exactly an uninterrupted import's output, and leaves no
-scratch directory behind."""
+"""A re-import killed (SIGKILL) anywhere leaves either the previous import intact, or the new
+one complete, or the in-progress marker that makes the trainer refuse the data; and a clean
+re-run then gives the output of an uninterrupted import, with no leftovers.
+
+The imports run in child processes of one server process (``sys.executable -c SERVER``): it
+imports pbg_fast once (torch makes that seconds long) and forks a child per import, which
+dies at a fault point (PBG_FAST_KILL_AT) or is SIGKILLed by the server after a random delay.
+The server kills before it reaps, so the pid cannot have been reused by then.
+"""
 
 import json
 import os
 import random
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import h5py
 import pytest
 
 from pbg_fast.config import parse_config
 from pbg_fast.errors import DataError
-from pbg_fast.io.files import check_no_partial_import
+from pbg_fast.io import files
 from pbg_fast.io.importer import import_from_tsv
 
 ROOT = Path(__file__).resolve().parent.parent
-POINTS = ["import.spilled:1", "import.spilled:3", "import.bucket:1", "import.bucket:4",
-          "import.marked:1", "import.moving:1", "import.moving:2", "import.moving:3",
-          "import.moved:1", "import.done:1", "import.bucket:2", "import.spilled:2"]
-RANDOM_KILLS = 9
+BLOCK = 1024  # ~27 chunks of the new file: 27 spill files, ~100 bucket appends
 
-
-def raw_config(tmp_path):
-    return dict(entities={"n": {"num_partitions": 2}},
-                relations=[{"name": "r", "lhs": "n", "rhs": "n"}], dimension=4,
-                entity_path=str(tmp_path / "ent"), edge_paths=[str(tmp_path / "edges")],
-                checkpoint_path=str(tmp_path / "ck"))
-
-
-def write(path: Path, prefix: str, n: int):
-    path.write_text("".join(f"{prefix}{i % 301}\t{prefix}{(i * 7) % 283}\n" for i in range(n)))
-
-
-def read_back(tmp_path):
-    """(entity names per partition, the set of (lhs name, rel, rhs name) edges)."""
-    ent, edges = tmp_path / "ent", tmp_path / "edges"
-    names = {p: json.loads((ent / f"entity_names_n_{p}.json").read_text()) for p in range(2)}
-    out = set()
-    for lp in range(2):
-        for rp in range(2):
-            f = edges / f"edges_{lp}_{rp}.h5"
-            if f.exists():
-                with h5py.File(f) as hf:
-                    for a, r, b in zip(hf["lhs"][...], hf["rel"][...], hf["rhs"][...]):
-                        out.add((names[lp][a], int(r), names[rp][b]))
-    return names, out
-
-
-CODE = """
-import sys
-sys.path.insert(0, {root!r})
+SERVER = r"""
+import json, os, signal, sys, time, traceback
 from pbg_fast.config import parse_config
-from pbg_fast.io.importer import import_from_tsv, _Spill
-_Spill.BUDGET = 1  # spill every block: more real work to be killed in
-import_from_tsv(parse_config({cfg!r}), [{tsv!r}], 0, 1, block_bytes=8192)
+from pbg_fast.io import importer
+print("ready", flush=True)
+for line in sys.stdin:
+    job = json.loads(line)
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            if job["kill_at"]:
+                os.environ["PBG_FAST_KILL_AT"] = job["kill_at"]
+            importer._Spill.BUDGET = 0  # spill every chunk: real work to interrupt
+            importer.import_from_tsv(parse_config(job["config"]), [job["input"]], 0, 2,
+                                     rel_col=1, block_bytes=job["block_bytes"])
+        except BaseException:
+            traceback.print_exc()
+            code = 3
+        os._exit(code)
+    if job["kill_after"] is not None:
+        time.sleep(job["kill_after"])
+        os.kill(pid, signal.SIGKILL)  # not reaped yet: still our child (or its zombie)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"exit": os.waitstatus_to_exitcode(status),
+                      "seconds": time.perf_counter() - t0}), flush=True)
 """
 
 
-def run(tmp_path, tsv, kill_at=None, kill_after=None):
-    env = dict(os.environ)
-    env.pop("PBG_FAST_KILL_AT", None)
-    if kill_at:
-        env["PBG_FAST_KILL_AT"] = kill_at
-    code = CODE.format(root=str(ROOT), cfg=raw_config(tmp_path), tsv=str(tsv))
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
-                            stderr=subprocess.PIPE)
-    if kill_after is not None:
-        try:
-            proc.wait(timeout=kill_after)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=300)
-    return proc.returncode, err.decode()
+def raw_config(d: Path):
+    return dict(entities={"node": {"num_partitions": 2}},
+                relations=[{"name": "all", "lhs": "node", "rhs": "node"}],
+                dynamic_relations=True, global_emb=False, dimension=8,
+                entity_path=str(d / "ent"), edge_paths=[str(d / "edges")],
+                checkpoint_path=str(d / "ckpt"))
 
 
-def test_killed_reimports_never_mix_and_rerun_matches(tmp_path):
-    old_tsv, new_tsv = tmp_path / "old.tsv", tmp_path / "new.tsv"
-    write(old_tsv, "o", 3000)
-    write(new_tsv, "w", 6000)
-    cfg = parse_config(raw_config(tmp_path))
-    ref_dir = tmp_path / "ref"
-    ref_dir.mkdir()
-    import_from_tsv(parse_config(raw_config(ref_dir)), [str(new_tsv)], 0, 1, block_bytes=8192)
-    want_new = read_back(ref_dir)
-    import_from_tsv(cfg, [str(old_tsv)], 0, 1, block_bytes=8192)
-    want_old = read_back(tmp_path)
-    t0 = time.perf_counter()
-    assert run(tmp_path, old_tsv)[0] == 0  # one whole run's time, start-up included
-    whole = time.perf_counter() - t0
-    rng = random.Random(3)
-    plan = [(p, None) for p in POINTS] + [(None, rng.uniform(0.3, 1.0) * whole)
-                                          for _ in range(RANDOM_KILLS)]
-    kills = 0
-    for kill_at, kill_after in plan:
-        code, err = run(tmp_path, new_tsv, kill_at, kill_after)
-        if code == 0:
-            assert kill_after is not None, f"{kill_at} never reached: {err}"
-        else:
-            assert code == -signal.SIGKILL, (kill_at, code, err)
-            kills += 1
-        try:
-            check_no_partial_import(cfg.entity_path, *cfg.edge_paths)
-        except DataError:
-            got = None  # refused whole: the marker is there, as it must be mid-move
-        else:
-            got = read_back(tmp_path)
-            assert got in (want_old, want_new), kill_at  # never a mix
-        if got != want_old:
-            # Put the old import back for the next kill (a clean import: a restart test too).
-            assert run(tmp_path, old_tsv)[0] == 0
-            assert read_back(tmp_path) == want_old
-    assert kills >= 20, kills
-    assert run(tmp_path, new_tsv)[0] == 0
-    assert read_back(tmp_path) == want_new
-    left = [p.name for d in (tmp_path / "ent", tmp_path / "edges") for p in d.iterdir()
+def output(d: Path):
+    """(names, relation names, sorted (lhs, rel, rhs) edges) of an import, read through
+    pbg_fast.io.files as the trainer reads it; raises if anything is missing or corrupt."""
+    ent, names = d / "ent", {}
+    for p in range(2):
+        part = files.load_entity_names(ent, "node", p)
+        assert files.load_entity_count(ent, "node", p) == len(part)
+        names[p] = part
+    rels = json.loads((ent / "dynamic_rel_names.json").read_text())
+    assert files.load_dynamic_rel_count(ent) == len(rels)
+    edges = []
+    for lp in range(2):
+        for rp in range(2):
+            e = files.load_edges(d / "edges", lp, rp)
+            edges += [(names[lp][l], rels[r], names[rp][t])
+                      for l, r, t in zip(e["lhs"].tolist(), e["rel"].tolist(), e["rhs"].tolist())]
+    return sorted(names[0] + names[1]), rels, sorted(edges)
+
+
+def state(d: Path):
+    """'marker' if the trainer would refuse the directories, else what they hold."""
+    try:
+        files.check_no_partial_import(d / "ent", d / "edges")
+    except DataError:
+        return "marker"
+    return output(d)
+
+
+def leftovers(d: Path):
+    return [p.name for sub in ("ent", "edges") for p in (d / sub).iterdir()
             if p.name.startswith(".pbg_fast")]
-    assert left == []
+
+
+@pytest.fixture(scope="module")
+def server():
+    p = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert p.stdout.readline().strip() == "ready"
+    yield p
+    p.stdin.close()
+    p.wait(30)
+
+
+def run(server, d: Path, src: Path, kill_at=None, kill_after=None):
+    server.stdin.write(json.dumps(dict(config=raw_config(d), input=str(src), kill_at=kill_at,
+                                       kill_after=kill_after, block_bytes=BLOCK)) + "\n")
+    server.stdin.flush()
+    return json.loads(server.stdout.readline())
+
+
+# (kill point, n-th time): before the marker, old data must be intact; with it, refused;
+# after it is removed, the new data complete.
+POINTS = [("import.spilled:1", "old"), ("import.spilled:12", "old"), ("import.bucket:1", "old"),
+          ("import.bucket:30", "old"), ("import.marked", "marker"), ("import.moving:1", "marker"),
+          ("import.moving:4", "marker"), ("import.moving:8", "marker"),
+          ("import.moved", "marker"), ("import.done", "new")]
+RANDOM_KILLS = 12
+
+
+def test_killed_reimport_keeps_old_data_or_is_refused_then_reruns_clean(tmp_path, server):
+    old_src, new_src = tmp_path / "old.tsv", tmp_path / "new.tsv"
+    old_src.write_text("".join(f"o{i % 97}\tr{i % 3}\to{(i * 7) % 89}\n" for i in range(1500)))
+    new_src.write_text("".join(f"n{(i * 13) % 211}\ts{i % 4}\tn{i % 173}\n" for i in range(2000)))
+    template = tmp_path / "template"
+    import_from_tsv(parse_config(raw_config(template)), [str(old_src)], 0, 2, rel_col=1)
+    old = output(template)
+
+    # The uninterrupted re-import, in a server child like the killed ones: the reference
+    # output, and how long an import takes (where the random kills must land).
+    shutil.copytree(template, tmp_path / "ref")
+    res = run(server, tmp_path / "ref", new_src)
+    assert res["exit"] == 0
+    new, seconds = output(tmp_path / "ref"), res["seconds"]
+    assert new != old and not leftovers(tmp_path / "ref")
+
+    rng = random.Random(1234)
+    trials = [(point, expect, None) for point, expect in POINTS]
+    trials += [(None, None, rng.uniform(0.05, 0.9) * seconds) for _ in range(RANDOM_KILLS)]
+    kills, seen, i = 0, set(), 0
+    while trials:
+        point, expect, delay = trials.pop(0)
+        i += 1
+        d = tmp_path / f"t{i}"
+        shutil.copytree(template, d)
+        res = run(server, d, new_src, kill_at=point, kill_after=delay)
+        what = point or f"random kill after {delay:.3f} s"
+        if res["exit"] == 0 and delay is not None and i < 60:
+            trials.append((None, None, rng.uniform(0.05, 0.7) * seconds))  # finished first
+            continue
+        assert res["exit"] == -9, f"{what}: the import exited with {res['exit']}"
+        kills += 1
+        got = state(d)
+        label = "marker" if got == "marker" else "old" if got == old else "new" if got == new \
+            else "mixed"
+        assert label == (expect or label) != "mixed", f"{what}: left {label} data"
+        seen.add(label)
+        # A clean re-run succeeds, removes the killed import's staging and spill directories
+        # (its pid is dead) and gives the uninterrupted import's output.
+        import_from_tsv(parse_config(raw_config(d)), [str(new_src)], 0, 2, rel_col=1)
+        assert state(d) == new, what
+        assert not leftovers(d), (what, leftovers(d))
+        shutil.rmtree(d)
+    assert kills >= 20 and seen == {"old", "marker", "new"}, (kills, seen)
