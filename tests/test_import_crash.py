@@ -9,7 +9,6 @@ The server kills before it reaps, so the pid cannot have been reused by then.
 """
 
 import json
-import os
 import random
 import shutil
 import subprocess
