@@ -138,6 +138,11 @@ class ConfigSchema:
     def entity_dimension(self, entity: str) -> int:
         return self.entities[entity].dimension or self.dimension
 
+    def side_partitions(self, side: str) -> int:
+        """Partitions on one side ('lhs' / 'rhs') of the buckets: the most of any relation's
+        entity type there (buckets are lhs x rhs of these)."""
+        return max(self.entities[getattr(r, side)].num_partitions for r in self.relations)
+
     @property
     def num_partitions(self) -> int:
         """The partition count shared by all partitioned entity types (1 if none)."""

@@ -21,7 +21,7 @@ from ..io.checkpoint import CheckpointManager
 from ..io.files import (DataError, check_edge_path, load_dynamic_rel_count, load_edges,
                         load_entity_count)
 from ..model.scoring import LoadedModel
-from ..train.trainer import Model
+from ..train.trainer import Model, value_range
 
 
 def load_model(config: ConfigSchema, version: Optional[int] = None) -> LoadedModel:
@@ -69,21 +69,17 @@ def _load_version(config: ConfigSchema, ckpt: CheckpointManager, v: int) -> Load
 
 
 def _require_finite(t: torch.Tensor, path, what: str) -> None:
-    if t.numel() and not all(math.isfinite(float(x)) for x in torch.aminmax(t)):
+    if t.numel() and not all(math.isfinite(x) for x in value_range(t)):
         raise DataError(f"{path}: the {what} hold NaN or inf values; a diverged model cannot be "
                         f"evaluated or exported (retrain it, e.g. with a lower lr)")
-
-
-def _nparts(config, side):
-    return max(config.entities[getattr(r, side)].num_partitions for r in config.relations)
 
 
 def load_all_edges(config: ConfigSchema, model: LoadedModel, edge_paths: Sequence[str]):
     """Edges of all buckets with global entity ids: dict of int64 tensors lhs, rhs, rel."""
     out = defaultdict(list)
     for path in edge_paths:
-        for lp in range(_nparts(config, "lhs")):
-            for rp in range(_nparts(config, "rhs")):
+        for lp in range(config.side_partitions("lhs")):
+            for rp in range(config.side_partitions("rhs")):
                 e = load_edges(path, lp, rp)
                 if len(e["lhs"]) == 0:
                     continue

@@ -270,7 +270,10 @@ class CheckpointManager:
                 elif "optimizer/state_dict" in hf:
                     st = _pbg_row_state(hf["optimizer/state_dict"][...].tobytes(), path)
                     found = st is not None and tuple(st.shape) == tuple(state.shape)
-                    state.copy_(st) if found else state.zero_()
+                    if found:
+                        state.copy_(st)
+                    else:
+                        state.zero_()
                 else:
                     found = False
                     state.zero_()

@@ -242,8 +242,7 @@ def check_edge_path(config, path, key: str) -> None:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{key}: {root} does not exist or is not a directory")
-    nl = max(config.entities[r.lhs].num_partitions for r in config.relations)
-    nr = max(config.entities[r.rhs].num_partitions for r in config.relations)
+    nl, nr = config.side_partitions("lhs"), config.side_partitions("rhs")
     found = 0
     for f in root.iterdir():
         m = _EDGE_FILE.match(f.name)

@@ -40,6 +40,12 @@ logger = logging.getLogger("pbg_fast")
 EXPLODED = 1e15
 
 
+def value_range(t: torch.Tensor) -> Tuple[float, float]:
+    """(min, max) of a non-empty tensor in one pass, without a temporary; NaN if any is NaN."""
+    lo, hi = torch.aminmax(t)
+    return float(lo), float(hi)
+
+
 @dataclass
 class RelationParams:
     """One relation's operator parameters and Adagrad state, packed [R, K] (R = 1, or the
@@ -140,15 +146,10 @@ class Trainer:
             return c.num_edge_chunks
         most = 0
         for path in c.edge_paths:
-            for lp in range(self._nparts("lhs")):
-                for rp in range(self._nparts("rhs")):
+            for lp in range(c.side_partitions("lhs")):
+                for rp in range(c.side_partitions("rhs")):
                     most = max(most, count_edges(path, lp, rp))
         return max(1, math.ceil(most / c.max_edges_per_chunk))
-
-    def _nparts(self, side: str) -> int:
-        c = self.config
-        parts = [c.entities[getattr(r, side)].num_partitions for r in c.relations]
-        return max(parts)
 
     def check_inputs(self) -> None:
         """Everything the config names exists and fits, before any work or any write."""
@@ -197,12 +198,11 @@ class Trainer:
         n_chunks = self.num_edge_chunks()
         n_paths = len(c.edge_paths)
         total_iters = c.num_epochs * n_paths * n_chunks
-        nl, nr = self._nparts("lhs"), self._nparts("rhs")
+        nl, nr = c.side_partitions("lhs"), c.side_partitions("rhs")
         epoch_records = []
         relation_lr = c.relation_lr if c.relation_lr is not None else c.lr
 
         buffer = PartitionBuffer(c, ckpt, self.seed)
-        self.buffer = buffer
         try:
             for it in range(version, total_iters):
                 epoch_records.append(self._iteration(it, buffer, model, relation_lr, nl, nr,
@@ -308,7 +308,7 @@ class Trainer:
             for what, t in tensors:
                 if not t.numel():
                     continue
-                lo, hi = (float(x) for x in torch.aminmax(t))
+                lo, hi = value_range(t)
                 if not (math.isfinite(lo) and math.isfinite(hi)):
                     bad = f"the {what} became non-finite (NaN or inf)"
                     break
