@@ -40,8 +40,8 @@ import torch
 from .. import faults
 from ..errors import CheckpointLocked
 from ..memory import empty_table
-from .files import (FORMAT_VERSION, FORMAT_VERSION_ATTR, DataError, atomic_path, fsync_dir,
-                    current_umask, remove_stale_temporaries, write_text_atomic)
+from .files import (FORMAT_VERSION, FORMAT_VERSION_ATTR, DataError, atomic_path, current_umask,
+                    fsync_dir, fsync_file, remove_stale_temporaries, write_text_atomic)
 
 T = TypeVar("T")
 
@@ -209,14 +209,17 @@ class CheckpointManager:
 
     # ---- embeddings --------------------------------------------------------------------------
     def save_partition(self, entity: str, part: int, version: int, emb: torch.Tensor,
-                       state: torch.Tensor, metadata: Dict[str, object]) -> int:
+                       state: torch.Tensor, metadata: Dict[str, object],
+                       durable: bool = True) -> int:
         """Writes a partition file straight from the tensors (no copy): h5py lays out the file
         with both datasets allocated contiguously, then the bytes go in with os.pwrite, which
-        releases the GIL, so an I/O thread writes while training runs. Returns bytes written."""
+        releases the GIL, so an I/O thread writes while training runs. Returns bytes written.
+        durable=False leaves the file in the page cache (no fsync): for a pending version's
+        copy that a later durable write replaces, or that `sync_partition` makes durable."""
         path = self.embeddings_file(entity, part, version)
         emb, state = emb.contiguous(), state.contiguous()
         try:
-            with atomic_path(path) as tmp:
+            with atomic_path(path, durable=durable) as tmp:
                 with h5py.File(tmp, "w") as hf:
                     hf.attrs[FORMAT_VERSION_ATTR] = FORMAT_VERSION
                     for k, v in metadata.items():
@@ -233,6 +236,15 @@ class CheckpointManager:
         except OSError as e:
             raise DataError(f"{path}: cannot write partition: {e.strerror or e}") from None
         return emb.nbytes + state.nbytes
+
+    def sync_partition(self, entity: str, part: int, version: int) -> None:
+        """Makes a partition file written with durable=False durable (file, then directory)."""
+        path = self.embeddings_file(entity, part, version)
+        try:
+            fsync_file(path)
+            fsync_dir(path.parent)
+        except OSError as e:
+            raise DataError(f"{path}: cannot sync partition: {e.strerror or e}") from None
 
     def has_partition(self, entity: str, part: int, version: int, root=None) -> bool:
         return self.embeddings_file(entity, part, version, root).exists()

@@ -25,9 +25,12 @@ from ..errors import DataError  # noqa: F401  (re-exported: pbg_fast.io.files.Da
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path):
+def atomic_path(path: Path, durable: bool = True):
     """Yields a temporary path beside `path`; on success it is fsynced and renamed over `path`,
-    on failure removed. A reader sees the old file or the new one, never half of one."""
+    on failure removed. A reader sees the old file or the new one, never half of one.
+    durable=False skips both fsyncs: the file is renamed in place but may not survive a crash
+    (for scratch copies that a durable write replaces, or `fsync_file` makes durable, before
+    anything names them as committed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,10 +38,11 @@ def atomic_path(path: Path):
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; honour the umask
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -72,6 +76,11 @@ def remove_stale_temporaries(directory: Path) -> int:
             f.unlink()
             n += 1
     return n
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def fsync_dir(path: Path) -> None:

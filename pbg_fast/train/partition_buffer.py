@@ -9,7 +9,11 @@ partitioned entity type, with the buckets of the iteration known in advance.
   use in the plan is farthest (Belady); then it schedules the next bucket's loads (prefetch).
 - Writes: a partition written for the last time in this iteration is written back to the
   pending version at once (it stays resident, clean), so the commit has almost nothing left to
-  write; an evicted dirty partition is written before its slot is reused.
+  write; an evicted dirty partition is written before its slot is reused. Only a partition's
+  last write of the iteration is made durable (fsync, on a second thread, so that loads do not
+  queue behind disk flushes): an eviction's copy is read back and rewritten later in the same
+  iteration, so it goes to the page cache only (its file is replaced, often before the kernel
+  flushes it). Anything still written that way at the end is synced before the commit.
 - I/O: one thread runs loads and writes in order (`io="async"`), while training holds the GIL
   released in the bucket op; with `io="sync"` the same tasks run inline, in the training thread
   (what pbg_fast did before, for comparison). Results do not depend on the mode: only timing.
@@ -158,10 +162,48 @@ class _IOThread:
             self.thread = None
 
 
+class CheckpointTier:
+    """Where the buffer's partitions come from and go to: the checkpoint files (the default;
+    the distributed trainer's partition servers are another tier with the same three calls)."""
+
+    def __init__(self, config: ConfigSchema, ckpt: CheckpointManager, seed: int):
+        self.config, self.ckpt, self.seed = config, ckpt, seed
+
+    def fill(self, k: Key, emb: torch.Tensor, state: torch.Tensor, version: int,
+             written: bool) -> int:
+        """Reads k into emb / state: this iteration's write of it (`written`: version + 1), or
+        the committed `version`, or init_path's checkpoint, or a fresh seeded initialisation.
+        Returns the bytes read."""
+        c, (e, p) = self.config, k
+        nbytes = 0
+        if written:
+            _, nbytes = self.ckpt.read_partition_into(e, p, version + 1, emb, state)
+        elif version > 0 and self.ckpt.has_partition(e, p, version):
+            _, nbytes = self.ckpt.read_partition_into(e, p, version, emb, state)
+        elif c.init_path and (init := CheckpointManager(c.init_path)).has_partition(
+                e, p, init.load_version()):
+            _, nbytes = init.read_partition_into(e, p, init.load_version(), emb, state)
+            state.zero_()  # a warm start begins its optimizer afresh
+        else:
+            init_embeddings_(emb, c.init_scale, zlib.crc32(f"{self.seed}:{e}:{p}".encode()))
+            state.zero_()
+        return nbytes
+
+    def save(self, k: Key, emb: torch.Tensor, state: torch.Tensor, version: int,
+             meta: Dict[str, object], durable: bool) -> int:
+        """Writes k as part of `version`; returns the bytes written."""
+        return self.ckpt.save_partition(k[0], k[1], version, emb, state, meta, durable=durable)
+
+    def sync(self, k: Key, version: int) -> None:
+        """Makes a durable=False save of k durable."""
+        self.ckpt.sync_partition(k[0], k[1], version)
+
+
 class PartitionBuffer:
     def __init__(self, config: ConfigSchema, ckpt: CheckpointManager, seed: int,
-                 capacity: Optional[int] = None, io: Optional[str] = None):
+                 capacity: Optional[int] = None, io: Optional[str] = None, tier=None):
         self.config, self.ckpt, self.seed = config, ckpt, seed
+        self.tier = tier if tier is not None else CheckpointTier(config, ckpt, seed)
         d = config.dimension
         self.counts: Dict[Key, int] = {}
         for e, ec in config.entities.items():
@@ -179,6 +221,10 @@ class PartitionBuffer:
         mode = io or config.partition_io
         self.io = _IOThread(asynchronous=(mode == "async"))
         self.eager_write = mode == "async"
+        # Async: writes reach the page cache on the I/O thread, and their fsyncs run on a
+        # second thread, so a load never queues behind a disk flush; the commit waits for both.
+        self.sync_io = _IOThread(asynchronous=True) if mode == "async" else None
+        self._stats_lock = threading.Lock()  # io_seconds grows on both threads
         # Slots are allocated on first use: a run that never needs the c-th does not pay for it.
         self.slot_rows = slot_rows
         self.slots: Dict[str, List[Optional[Tuple[torch.Tensor, torch.Tensor]]]] = {
@@ -189,6 +235,7 @@ class PartitionBuffer:
         self.plan: List[Set[Key]] = []
         self.meta: Dict[str, object] = {}
         self.written: Set[Key] = set()  # keys written to version + 1 in this iteration
+        self.volatile: Set[Key] = set()  # ... whose latest write there is not yet durable
         self.touched: Set[Key] = set()
         self._closed = False
 
@@ -207,7 +254,7 @@ class PartitionBuffer:
         `buckets` in this order. Residents carry over: they equal what version `version` holds."""
         self.version, self.meta = version, meta
         self.plan = [self.bucket_keys(b) for b in buckets]
-        self.written, self.touched = set(), set()
+        self.written, self.touched, self.volatile = set(), set(), set()
         for r in self.resident.values():
             r.dirty, r.version = False, -1
         if self.plan:
@@ -225,6 +272,23 @@ class PartitionBuffer:
         for k in keys:
             self.touched.add(k)
         return {k: (self.resident[k].emb, self.resident[k].state) for k in keys}
+
+    def append(self, bucket: Tuple[int, int]) -> int:
+        """Adds a bucket at the end of the plan (for a trainer whose buckets are handed out one
+        at a time: the distributed one); returns its index for acquire / release."""
+        self.plan.append(self.bucket_keys(bucket))
+        return len(self.plan) - 1
+
+    def drop(self, keys: Sequence[Key]) -> None:
+        """Writes back the dirty ones among `keys` and frees their slots; returns when every
+        write is done (the caller may then hand the partitions to someone else)."""
+        for k in sorted(keys):
+            if self.resident[k].dirty:
+                self._write_back(k)
+        t0 = time.perf_counter()
+        for k in sorted(keys):
+            self._wait(self.resident.pop(k).ready)
+        self.stats.wait_seconds += time.perf_counter() - t0
 
     def get(self, entity: str, part: int) -> Tuple[torch.Tensor, torch.Tensor]:
         r = self.resident[(entity, part)]
@@ -246,12 +310,15 @@ class PartitionBuffer:
         for k in sorted(self.resident):
             if self.resident[k].dirty:
                 self._write_back(k)
-        pending = [r.ready for r in self.resident.values()]
         t0 = time.perf_counter()
-        for f in pending:
-            self._wait(f)
-        self.stats.wait_seconds += time.perf_counter() - t0
+        self._wait(self.io.submit(lambda: None))  # every load and write done (tasks run in order)
+        if self.sync_io is not None:
+            self._wait(self.sync_io.submit(lambda: None))  # and every fsync
         nxt = self.version + 1
+        for k in sorted(self.volatile):  # none when the plan was followed: a safety net
+            self.tier.sync(k, nxt)
+        self.volatile.clear()
+        self.stats.wait_seconds += time.perf_counter() - t0
         for k in sorted(self.counts):
             if k in self.written:
                 continue
@@ -263,8 +330,8 @@ class PartitionBuffer:
                 state = torch.empty(self.counts[k])
                 t0 = time.perf_counter()
                 self._fill(k, emb, state)
-                self.stats.bytes_written += self.ckpt.save_partition(e, p, nxt, emb, state,
-                                                                     self.meta)
+                self.stats.bytes_written += self.tier.save(k, emb, state, nxt, self.meta,
+                                                           durable=True)
                 self.stats.io_seconds += time.perf_counter() - t0
                 self.stats.wait_seconds += time.perf_counter() - t0
                 self.stats.writes += 1
@@ -277,11 +344,15 @@ class PartitionBuffer:
         if not self._closed:
             self._closed = True
             self.io.close()
+            if self.sync_io is not None:
+                self.sync_io.close()
 
     # ---- internals ---------------------------------------------------------------------------
     def _wait(self, fut: Future) -> None:
         fut.result()  # re-raises an I/O error in the training thread
         self.io.raise_error()
+        if self.sync_io is not None:
+            self.sync_io.raise_error()
 
     def _next_use(self, k: Key, after: int) -> int:
         for j in range(after, len(self.plan)):
@@ -326,7 +397,7 @@ class PartitionBuffer:
             victim = max(victims, key=lambda v: (self._next_use(v, j), v))
             if victim in busy:
                 return False
-            slot = self._evict(victim)
+            slot = self._evict(victim, j)
         t = self._slot(e, slot)
         rows = self.counts[k]
         self._load(k, slot, t[0][:rows], t[1][:rows])
@@ -350,10 +421,12 @@ class PartitionBuffer:
             self.slots[e][s] = (empty_table(rows, self.config.dimension), torch.empty(rows))
         return self.slots[e][s]
 
-    def _evict(self, k: Key) -> int:
+    def _evict(self, k: Key, j: int) -> int:
+        """Frees k's slot for bucket j's load; a dirty k is written first, durably only if this
+        iteration will not load and write it again."""
         r = self.resident[k]
         if r.dirty:
-            self._write_back(k)
+            self._write_back(k, durable=self._next_use(k, j) > len(self.plan))
         del self.resident[k]  # the slot's next task (a load) runs after the write, in order
         return r.slot
 
@@ -364,29 +437,18 @@ class PartitionBuffer:
             lambda: self._timed(lambda: self._fill(k, emb, state), load=True)))
 
     def _fill(self, k: Key, emb: torch.Tensor, state: torch.Tensor) -> None:
-        """Reads k into emb / state: this iteration's write of it, or the committed version, or
-        init_path's checkpoint, or a fresh seeded initialisation."""
-        c, (e, p) = self.config, k
-        nbytes = 0
-        if k in self.written:
-            _, nbytes = self.ckpt.read_partition_into(e, p, self.version + 1, emb, state)
-        elif self.version > 0 and self.ckpt.has_partition(e, p, self.version):
-            _, nbytes = self.ckpt.read_partition_into(e, p, self.version, emb, state)
-        elif c.init_path and (init := CheckpointManager(c.init_path)).has_partition(
-                e, p, init.load_version()):
-            _, nbytes = init.read_partition_into(e, p, init.load_version(), emb, state)
-            state.zero_()  # a warm start begins its optimizer afresh
-        else:
-            init_embeddings_(emb, c.init_scale, zlib.crc32(f"{self.seed}:{e}:{p}".encode()))
-            state.zero_()
-        self.stats.bytes_read += nbytes
+        self.stats.bytes_read += self.tier.fill(k, emb, state, self.version, k in self.written)
 
-    def _write_back(self, k: Key) -> None:
+    def _write_back(self, k: Key, durable: bool = True) -> None:
         r = self.resident[k]
         nxt = self.version + 1
         r.dirty = False
         r.version = nxt
         self.written.add(k)
+        if durable:
+            self.volatile.discard(k)
+        else:
+            self.volatile.add(k)
         prev = r.ready
         e, p = k
         emb, state, meta = r.emb, r.state, self.meta
@@ -394,18 +456,26 @@ class PartitionBuffer:
         def task():
             prev.result()
             faults.point("buffer.write_back")
-            self.stats.bytes_written += self.ckpt.save_partition(e, p, nxt, emb, state, meta)
+            deferred = durable and self.sync_io is not None
+            self.stats.bytes_written += self.tier.save(k, emb, state, nxt, meta,
+                                                       durable=durable and not deferred)
+            if deferred:
+                self.sync_io.submit(lambda: self._timed(lambda: self.tier.sync(k, nxt),
+                                                        load=None))
 
         r.ready = self.io.submit(lambda: self._timed(task, load=False))
 
-    def _timed(self, fn: Callable[[], None], load: bool) -> None:
+    def _timed(self, fn: Callable[[], None], load: Optional[bool]) -> None:
+        """Runs an I/O task, adding its time to io_seconds and counting it as a load (True), a
+        write (False) or neither (None: a deferred fsync)."""
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
-        self.stats.io_seconds += dt
+        with self._stats_lock:
+            self.stats.io_seconds += dt
         if not self.io.asynchronous:
             self.stats.wait_seconds += dt  # inline: training waited for all of it
         if load:
             self.stats.loads += 1
-        else:
+        elif load is not None:
             self.stats.writes += 1
