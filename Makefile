@@ -41,10 +41,9 @@ $(VENV)/.deps: pyproject.toml Makefile
 	@touch $@
 
 $(VENV)/.installed: | $(VENV)/.deps
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@# The package only: the extension is built once, by the rule below (incrementally).
+	PBG_FAST_NO_EXT=1 $(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $@
-	@# pip just built the extension in place: mark it current so it is not built twice.
-	@test ! -f $(EXT) || touch $(EXT)
 
 # Incremental rebuild of the extension when a C++/CUDA source changes.
 $(EXT): $(CSRC) | $(VENV)/.installed

@@ -59,7 +59,10 @@ def extensions():
     ]
 
 
+# The Makefile installs the package (editable) with PBG_FAST_NO_EXT=1 and builds the extension
+# once, with `build_ext --inplace`, which rebuilds only what changed (a plain `pip install .`
+# builds it as usual).
 setup(
-    ext_modules=extensions(),
+    ext_modules=[] if _flag("PBG_FAST_NO_EXT") else extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -92,6 +92,8 @@ def main():
                     help="the buffer's memory budget as a fraction of the table")
     ap.add_argument("--no-import", action="store_true", help="skip the import check")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--only", default=None, help="train only this run (p1_memory, "
+                    "pP_buffer or pP_sync), to look into one; the summary needs all three")
     a = ap.parse_args()
     nodes = a.nodes or (1_000_000 if a.quick else 16_000_000)
     edges = a.edges or (4_000_000 if a.quick else 64_000_000)
@@ -125,7 +127,7 @@ def main():
         shutil.rmtree(work / "imp_edges", ignore_errors=True)
         shutil.rmtree(work / "imp_ent", ignore_errors=True)
 
-    graphs = {p: make_graph(work, nodes, edges, p) for p in (1, parts)}
+    graphs = {}
     runs = [
         ("p1_memory", 1, dict(bucket_order="inside_out")),
         (f"p{parts}_buffer", parts, dict(bucket_order="buffer", partition_io="async",
@@ -135,6 +137,10 @@ def main():
     ]
     results = {}
     for name, p, over in runs:
+        if a.only and name != a.only.replace("pP", f"p{parts}"):
+            continue
+        if p not in graphs:
+            graphs[p] = make_graph(work, nodes, edges, p)
         ent, ed = graphs[p]
         ck = work / f"ck_{name}"
         out = run_training(config(ent, ed, str(ck), p, dim, **over))
@@ -143,6 +149,8 @@ def main():
         res = dict(wall_edges_per_s=it["wall_edges_per_s"], bucket_op_edges_per_s=it["edges_per_s"],
                    epoch_seconds=it["seconds"], train_seconds=it["train_seconds"],
                    io_seconds=it["io_seconds"], io_wait_seconds=it["io_wait_seconds"],
+                   io_wait_first_bucket_seconds=it["io_wait_first_bucket_seconds"],
+                   io_wait_commit_seconds=it["io_wait_commit_seconds"],
                    io_hidden_fraction=(it["io_hidden_seconds"] / it["io_seconds"]
                                        if it["io_seconds"] > 0 else None),
                    partition_loads=it["partition_loads"], partition_writes=it["partition_writes"],
@@ -151,6 +159,8 @@ def main():
                    peak_rss_vs_table=out["peak_rss_mb"] * 2**20 / table_bytes)
         results[name] = res
         emit(dict(what="out_of_core_train", run=name, config=over, **base, **res))
+    if a.only:
+        return
     mem, buf, sync = (results[n] for n, _, _ in runs)
     emit(dict(what="out_of_core_summary", **base,
               buffer_vs_memory_wall=buf["wall_edges_per_s"] / mem["wall_edges_per_s"],

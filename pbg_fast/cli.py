@@ -65,11 +65,26 @@ def cmd_import(a):
 
 
 def cmd_train(a):
-    from .train.trainer import train
     config = load_config(a.config, a.param)
-    recs = train(config, seed=a.seed, progress=None if a.quiet else _Progress())
+    progress = None if a.quiet else _Progress()
+    if config.num_machines > 1:
+        from .distributed.trainer import train_distributed
+        recs = train_distributed(config, a.rank, seed=a.seed, progress=progress,
+                                 bind_address=a.bind_address)
+    else:
+        if a.rank is not None:
+            raise DataError("--rank: only for a distributed run (num_machines > 1)")
+        from .train.trainer import train
+        recs = train(config, seed=a.seed, progress=progress)
     for r in recs:
         print(json.dumps(r))
+
+
+def cmd_partitionserver(a):
+    from .distributed.trainer import serve_partitions
+    config = load_config(a.config, a.param)
+    n = serve_partitions(config, a.rank, bind_address=a.bind_address)
+    print(json.dumps(dict(what="partitionserver", rank=a.rank, bytes_served=n)))
 
 
 def cmd_eval(a):
@@ -125,7 +140,24 @@ def main(argv=None):
     _config_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--rank", type=int, default=None,
+                   help="this machine's rank in a distributed run (num_machines > 1) launched "
+                        "PBG's way, with distributed_init_method; torchrun sets it itself")
+    p.add_argument("--bind-address", default=None,
+                   help="distributed: the local address to serve on (default: the one that "
+                        "reaches the rendezvous host); never all interfaces")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("partitionserver",
+                       help="a standalone partition server of a distributed run "
+                            "(torchbiggraph_partitionserver)")
+    _config_args(p)
+    p.add_argument("--rank", type=int, required=True,
+                   help="this server's rank among num_partition_servers")
+    p.add_argument("--bind-address", default=None,
+                   help="the local address to serve on (default: the one that reaches the "
+                        "rendezvous host)")
+    p.set_defaults(fn=cmd_partitionserver)
 
     p = sub.add_parser("eval", help="link-prediction metrics on the config's edge paths")
     _config_args(p)

@@ -122,12 +122,25 @@ class ConfigSchema:
                                     "types (count in dynamic_rel_count.txt).", default=False)
     # distributed
     num_machines: int = _help("Machines for distributed training.", default=1)
-    num_partition_servers: int = _help("-1: trainers serve partitions; 0: swap through disk.",
-                                       default=-1)
+    num_partition_servers: int = _help(
+        "-1: each trainer also serves partitions from memory; 0: swap through the shared "
+        "checkpoint_path; S > 0: S standalone servers (pbg-fast partitionserver --rank R).",
+        default=-1)
     distributed_init_method: Optional[str] = _help("URI to rendezvous a distributed run.",
                                                    default=None)
     distributed_tree_init_order: bool = _help("Distributed bucket bootstrapping order.",
                                               default=True)
+    distributed_timeout: float = _help(
+        "Seconds any distributed call or wait may take (rendezvous, a partition or parameter "
+        "transfer, waiting for a bucket or for the other trainers at an iteration's end) "
+        "before the run stops with an error naming the peer.", default=600.0)
+    distributed_lease: float = _help(
+        "Seconds a trainer may stay silent (it heartbeats while training) before the lock "
+        "server declares it dead and gives its unfinished buckets to the others.", default=60.0)
+    param_sync_interval: float = _help(
+        "Seconds between a trainer's background syncs of the shared parameters (relation "
+        "operators, global embeddings, unpartitioned entity types) with the parameter "
+        "server.", default=0.5)
     num_gpus: int = _help("GPUs to train on.", default=0)
     num_groups_for_partition_server: int = _help("torch.distributed groups for partition servers.",
                                                  default=16)
@@ -154,7 +167,8 @@ class ConfigSchema:
     # Keys this schema has beyond PyTorch-BigGraph 1.0's (from later PBG versions).
     NOT_IN_PBG_1_0 = ("regularization_coef", "regularizer", "num_gpus",
                       "num_groups_for_partition_server", "half_precision",
-                      "partition_buffer_size", "partition_buffer_memory_gb", "partition_io")
+                      "partition_buffer_size", "partition_buffer_memory_gb", "partition_io",
+                      "distributed_timeout", "distributed_lease", "param_sync_interval")
 
     def to_pbg_dict(self) -> Dict[str, Any]:
         """The config as PyTorch-BigGraph 1.0's schema accepts it: keys it does not know are
@@ -366,11 +380,17 @@ def validate(c: ConfigSchema) -> ConfigSchema:
                           "(PBG uses it as the chunk size)")
     if not c.edge_paths:
         raise ConfigError("edge_paths: must not be empty")
+    if c.num_machines < 1:
+        raise ConfigError(f"num_machines: must be at least 1, got {c.num_machines}")
+    if c.num_partition_servers < -1:
+        raise ConfigError(f"num_partition_servers: -1 (one per trainer), 0 (swap through the "
+                          f"shared checkpoint_path) or a count, got {c.num_partition_servers}")
+    for key in ("distributed_timeout", "distributed_lease", "param_sync_interval"):
+        if not getattr(c, key) > 0:
+            raise ConfigError(f"{key}: must be positive, got {getattr(c, key)}")
     # Keys pbg_fast accepts at PBG's defaults but cannot honour at other values yet.
     not_yet = {
         "bias": (c.bias, False, "the bias dimension"),
-        "num_machines": (c.num_machines, 1, "distributed training"),
-        "distributed_init_method": (c.distributed_init_method, None, "distributed training"),
         "num_gpus": (c.num_gpus, 0, "the GPU trainer"),
         "half_precision": (c.half_precision, False, "half-precision training"),
     }

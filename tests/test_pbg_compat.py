@@ -85,3 +85,19 @@ def test_we_load_and_resume_pbgs_checkpoint(tmp_path):
     # Resume one more epoch with pbg_fast on PBG's checkpoint.
     train(parse_config(dict(train_raw, num_epochs=2)))
     assert ck.load_version() == 2
+
+
+def test_pbg_evaluates_a_distributed_checkpoint(tmp_path):
+    """Two trainers over loopback write the same checkpoint files: PBG's evaluator reads them."""
+    from tests.test_distributed import dist_config, finish, launch
+    train_raw, test_raw = planted_setup(
+        tmp_path, parts=4, epochs=2, global_emb=True, workers=1,
+        relations=[{"name": "link", "lhs": "node", "rhs": "node", "operator": "diagonal"}])
+    cfg = dist_config(train_raw, 2)
+    path = tmp_path / "dist.json"
+    path.write_text(json.dumps(cfg))
+    for rc, _, se in finish(launch(path, 2)):
+        assert rc == 0, se[-3000:]
+    test_cfg = pbg_config_file(tmp_path / "pbg_test.py", dict(test_raw, hogwild_delay=0))
+    out = run_peer("torchbiggraph.eval", test_cfg, cwd=tmp_path)
+    assert "mrr" in (out.stdout + out.stderr).lower()

@@ -14,9 +14,11 @@ partitioned entity type, with the buckets of the iteration known in advance.
   queue behind disk flushes): an eviction's copy is read back and rewritten later in the same
   iteration, so it goes to the page cache only (its file is replaced, often before the kernel
   flushes it). Anything still written that way at the end is synced before the commit.
-- I/O: one thread runs loads and writes in order (`io="async"`), while training holds the GIL
-  released in the bucket op; with `io="sync"` the same tasks run inline, in the training thread
-  (what pbg_fast did before, for comparison). Results do not depend on the mode: only timing.
+- I/O: a thread runs the loads in order, another the writes (`io="async"`), while training
+  holds the GIL released in the bucket op; a load waits only for the write of its slot's last
+  occupant (and for its own partition's earlier write). With `io="sync"` the same tasks run
+  inline, in the training thread (what pbg_fast did before, for comparison). Results do not
+  depend on the mode: only timing.
 - Errors on the I/O thread (an unreadable file, a full disk) surface in the training thread,
   naming the file; the pending version is never committed then.
 
@@ -219,7 +221,12 @@ class PartitionBuffer:
             config, slot_bytes, need, nparts)
         self.capacity = max(need, min(nparts, self.capacity))
         mode = io or config.partition_io
+        # Async: loads and writes on two threads, so a load waits only for the write of its
+        # own slot's last occupant (and for its own partition's write earlier in the
+        # iteration), not for every write queued before it.
         self.io = _IOThread(asynchronous=(mode == "async"))
+        self.wio = _IOThread(asynchronous=True) if mode == "async" else self.io
+        self.last_write: Dict[Key, Future] = {}
         self.eager_write = mode == "async"
         # Async: writes reach the page cache on the I/O thread, and their fsyncs run on a
         # second thread, so a load never queues behind a disk flush; the commit waits for both.
@@ -255,6 +262,7 @@ class PartitionBuffer:
         self.version, self.meta = version, meta
         self.plan = [self.bucket_keys(b) for b in buckets]
         self.written, self.touched, self.volatile = set(), set(), set()
+        self.last_write = {}
         for r in self.resident.values():
             r.dirty, r.version = False, -1
         if self.plan:
@@ -311,7 +319,8 @@ class PartitionBuffer:
             if self.resident[k].dirty:
                 self._write_back(k)
         t0 = time.perf_counter()
-        self._wait(self.io.submit(lambda: None))  # every load and write done (tasks run in order)
+        self._wait(self.io.submit(lambda: None))  # every load done (tasks run in order)
+        self._wait(self.wio.submit(lambda: None))  # and every write
         if self.sync_io is not None:
             self._wait(self.sync_io.submit(lambda: None))  # and every fsync
         nxt = self.version + 1
@@ -344,6 +353,7 @@ class PartitionBuffer:
         if not self._closed:
             self._closed = True
             self.io.close()
+            self.wio.close()
             if self.sync_io is not None:
                 self.sync_io.close()
 
@@ -351,6 +361,7 @@ class PartitionBuffer:
     def _wait(self, fut: Future) -> None:
         fut.result()  # re-raises an I/O error in the training thread
         self.io.raise_error()
+        self.wio.raise_error()
         if self.sync_io is not None:
             self.sync_io.raise_error()
 
@@ -397,10 +408,10 @@ class PartitionBuffer:
             victim = max(victims, key=lambda v: (self._next_use(v, j), v))
             if victim in busy:
                 return False
-            slot = self._evict(victim, j)
+            slot, freed = self._evict(victim, j)
         t = self._slot(e, slot)
         rows = self.counts[k]
-        self._load(k, slot, t[0][:rows], t[1][:rows])
+        self._load(k, slot, t[0][:rows], t[1][:rows], after=freed if not free else None)
         return True
 
     def _load_whole(self, k: Key) -> None:
@@ -421,20 +432,30 @@ class PartitionBuffer:
             self.slots[e][s] = (empty_table(rows, self.config.dimension), torch.empty(rows))
         return self.slots[e][s]
 
-    def _evict(self, k: Key, j: int) -> int:
+    def _evict(self, k: Key, j: int) -> Tuple[int, Future]:
         """Frees k's slot for bucket j's load; a dirty k is written first, durably only if this
-        iteration will not load and write it again."""
+        iteration will not load and write it again. Returns the slot and the future after which
+        it may be overwritten."""
         r = self.resident[k]
         if r.dirty:
             self._write_back(k, durable=self._next_use(k, j) > len(self.plan))
-        del self.resident[k]  # the slot's next task (a load) runs after the write, in order
-        return r.slot
+        del self.resident[k]
+        return r.slot, r.ready
 
-    def _load(self, k: Key, slot: int, emb: torch.Tensor, state: torch.Tensor) -> None:
+    def _load(self, k: Key, slot: int, emb: torch.Tensor, state: torch.Tensor,
+              after: Optional[Future] = None) -> None:
+        """Schedules k's load into emb / state, after `after` (the slot's last occupant's
+        write) and after k's own write earlier in this iteration (its file is then read)."""
         prev = self.resident.get(k)
         assert prev is None
-        self.resident[k] = _Resident(slot, emb, state, self.io.submit(
-            lambda: self._timed(lambda: self._fill(k, emb, state), load=True)))
+        deps = [f for f in (after, self.last_write.get(k)) if f is not None]
+
+        def task():
+            for f in deps:  # not I/O time: the wait for another task
+                f.result()
+            self._timed(lambda: self._fill(k, emb, state), load=True)
+
+        self.resident[k] = _Resident(slot, emb, state, self.io.submit(task))
 
     def _fill(self, k: Key, emb: torch.Tensor, state: torch.Tensor) -> None:
         self.stats.bytes_read += self.tier.fill(k, emb, state, self.version, k in self.written)
@@ -454,7 +475,6 @@ class PartitionBuffer:
         emb, state, meta = r.emb, r.state, self.meta
 
         def task():
-            prev.result()
             faults.point("buffer.write_back")
             deferred = durable and self.sync_io is not None
             self.stats.bytes_written += self.tier.save(k, emb, state, nxt, meta,
@@ -463,7 +483,11 @@ class PartitionBuffer:
                 self.sync_io.submit(lambda: self._timed(lambda: self.tier.sync(k, nxt),
                                                         load=None))
 
-        r.ready = self.io.submit(lambda: self._timed(task, load=False))
+        def after_load():
+            prev.result()  # the partition's load (or previous write): not I/O time
+            self._timed(task, load=False)
+
+        r.ready = self.last_write[k] = self.wio.submit(after_load)
 
     def _timed(self, fn: Callable[[], None], load: Optional[bool]) -> None:
         """Runs an I/O task, adding its time to io_seconds and counting it as a load (True), a

@@ -103,13 +103,34 @@ def _buffer_order(nl: int, nr: int, capacity: int, rng: random.Random) -> List[B
             if (min(n, r), max(n, r)) in todo:
                 train_pair(r, n)
     # In each group, the pairs of the partition the next load evicts go first: it is free
-    # early, and the buffer loads its replacement while the rest of the group trains.
+    # early, and the buffer loads its replacement while the rest of the group trains. In the
+    # last group, the partitions retire one at a time (the one with the fewest pairs left
+    # first), so each is written back while the others train, not all at the commit.
     out: List[Bucket] = []
     for g, pairs in enumerate(groups):
-        nxt = victims[g] if g < len(victims) else None
-        pairs.sort(key=lambda pr: nxt not in pr)
+        if g < len(victims):
+            nxt = victims[g]
+            pairs.sort(key=lambda pr: nxt not in pr)
+        else:
+            pairs[:] = _retiring_order(pairs)
         for i, j in pairs:
             out.extend([(i, j), (j, i)] if i != j else [(i, i)])
+    return out
+
+
+def _retiring_order(pairs: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The pairs, so that partitions see their last use one after another."""
+    left = list(pairs)
+    out = []
+    while left:
+        count: Dict[int, int] = {}
+        for i, j in left:
+            count[i] = count.get(i, 0) + 1
+            if j != i:
+                count[j] = count.get(j, 0) + 1
+        first = min(count, key=lambda q: (count[q], q))
+        out += [pr for pr in left if first in pr]
+        left = [pr for pr in left if first not in pr]
     return out
 
 

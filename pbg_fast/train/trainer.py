@@ -260,7 +260,9 @@ class Trainer:
             if self.progress:
                 self.progress(rec)
         # Commit version it + 1: every partition written (or linked), then the model.
+        before_commit = buffer.stats.wait_seconds
         buffer.finish_iteration()
+        commit_wait = buffer.stats.wait_seconds - before_commit
         params, states = model.to_checkpoint()
         ckpt.save_model(it + 1, params, states, meta)
         if it == self._first_iteration:
@@ -282,7 +284,10 @@ class Trainer:
                    partition_writes=io["writes"], bytes_read=io["bytes_read"],
                    bytes_written=io["bytes_written"], io_seconds=io["io_seconds"],
                    io_wait_seconds=io["wait_seconds"],
-                   io_hidden_seconds=max(0.0, io["io_seconds"] - io["wait_seconds"]))
+                   io_hidden_seconds=max(0.0, io["io_seconds"] - io["wait_seconds"]),
+                   io_wait_first_bucket_seconds=(pending_stats[0]["io_wait_seconds"]
+                                                 if pending_stats else 0.0),
+                   io_wait_commit_seconds=commit_wait)
         ckpt.append_stats(pending_stats + [rec])
         if self.progress:
             self.progress(rec)

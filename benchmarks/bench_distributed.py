@@ -1,0 +1,145 @@
+"""Distributed training against one machine, in the same run (issue #9).
+
+    python benchmarks/bench_distributed.py [--quick] [--nodes N --degree K --epochs E]
+
+A planted-community graph (default 100k nodes, ~1M edges, 95/5 train/test), P=4, d=100, dot,
+softmax, 50 + 50 negatives, imported once; then, one after the other:
+  single   1 machine x 1 worker: the single-machine trainer (workers=1)
+  dist2    2 machines x 1 worker each: two `pbg-fast train --rank R` processes over loopback
+           (torch.distributed RPC), partitions served by the trainers (num_partition_servers=-1)
+Reports wall-clock edges/s (all edges of all epochs over the training's wall time, from the
+first iteration's start to the last commit), sampled test MRR, and for the distributed run the
+bytes moved per partition transfer against the partition's size, and the parameter-sync
+traffic. On a 2-core box the two trainers share the cores the single trainer leaves idle.
+JSON lines.
+"""
+
+import argparse
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import emit  # noqa: E402
+from pbg_fast.config import parse_config  # noqa: E402
+from pbg_fast.demo import planted_graph, write_tsv  # noqa: E402
+from pbg_fast.eval.link_prediction import evaluate  # noqa: E402
+from pbg_fast.io.checkpoint import CheckpointManager  # noqa: E402
+from pbg_fast.io.importer import import_from_tsv  # noqa: E402
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def run(cfg: dict, work: Path, name: str) -> dict:
+    """Trains `cfg` (one process, or num_machines processes with --rank), returns its figures
+    from the commands' wall time and training_stats.json."""
+    ckpt = work / f"ck_{name}"
+    cfg = dict(cfg, checkpoint_path=str(ckpt))
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    m = cfg.get("num_machines", 1)
+    cmd = [sys.executable, "-m", "pbg_fast", "train", str(path), "--quiet"]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(cmd + (["--rank", str(r)] if m > 1 else []), cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for r in range(m)]
+    for r, p in enumerate(procs):
+        _, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"{name} rank {r}: {err[-3000:]}")
+    wall = time.perf_counter() - t0
+    stats = [json.loads(line) for line in open(CheckpointManager(str(ckpt)).stats_file())]
+    iters = [s for s in stats if s["kind"] == "iteration" and s.get("rank") is None]
+    buckets = [s for s in stats if s["kind"] == "bucket"]
+    edges = sum(b["count"] for b in buckets)
+    train_wall = sum(s["seconds"] for s in iters)
+    out = dict(run=name, machines=m, process_wall_seconds=wall, train_wall_seconds=train_wall,
+               edges=edges, wall_edges_per_s=edges / train_wall,
+               bucket_op_edges_per_s=edges / sum(b["seconds"] for b in buckets),
+               buckets_per_rank={str(r): sum(1 for b in buckets if b.get("rank", 0) == r)
+                                 for r in range(m)})
+    if m > 1:
+        loads = sum(s["partition_loads"] for s in stats if s["kind"] == "iteration"
+                    and s.get("rank") is not None)
+        writes = sum(s["partition_writes"] for s in stats if s["kind"] == "iteration"
+                     and s.get("rank") is not None)
+        moved = sum(s["bytes_read"] + s["bytes_written"] for s in stats
+                    if s["kind"] == "iteration" and s.get("rank") is not None)
+        out.update(partition_transfers=loads + writes, partition_bytes_moved=moved,
+                   param_bytes=sum(s["param_bytes"] for s in stats if s["kind"] == "iteration"
+                                   and s.get("rank") is not None),
+                   param_seconds=sum(s["param_seconds"] for s in stats
+                                     if s["kind"] == "iteration" and s.get("rank") is not None))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--nodes", type=int, default=None)
+    ap.add_argument("--degree", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--workdir", default=None)
+    a = ap.parse_args()
+    nodes = a.nodes or (20_000 if a.quick else 100_000)
+    epochs = a.epochs or (3 if a.quick else 5)
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="pbg_fast_dist_"))
+    work.mkdir(parents=True, exist_ok=True)
+    train_rows, test_rows = planted_graph(nodes, max(nodes // 500, 2), a.degree, 0.9, seed=0)
+    write_tsv(work / "train.tsv", train_rows)
+    write_tsv(work / "test.tsv", test_rows)
+    parts, dim = 4, 100
+    base = dict(
+        entities={"node": {"num_partitions": parts}},
+        relations=[{"name": "link", "lhs": "node", "rhs": "node"}],
+        dimension=dim, comparator="dot", loss_fn="softmax", lr=0.1, num_epochs=epochs,
+        batch_size=1000, num_batch_negs=50, num_uniform_negs=50, eval_fraction=0,
+        eval_num_batch_negs=100, eval_num_uniform_negs=100, global_emb=False, workers=1,
+        entity_path=str(work / "ent"), edge_paths=[str(work / "e_train"), str(work / "e_test")])
+    import_from_tsv(parse_config(dict(base, checkpoint_path=str(work / "none"))),
+                    [str(work / "train.tsv"), str(work / "test.tsv")], 0, 1)
+    train_cfg = dict(base, edge_paths=base["edge_paths"][:1])
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "unknown")
+    setup = dict(nodes=nodes, train_edges=len(train_rows), test_edges=len(test_rows),
+                 parts=parts, dim=dim, epochs=epochs, cpu=cpu)
+    emit(dict(what="distributed_setup", **setup))
+    results = {}
+    runs = [("single", dict(train_cfg)),
+            ("dist2", dict(train_cfg, num_machines=2, num_partition_servers=-1,
+                           distributed_init_method=f"tcp://127.0.0.1:{free_port()}"))]
+    for name, cfg in runs:
+        res = run(cfg, work, name)
+        test = dict(base, edge_paths=base["edge_paths"][1:], checkpoint_path=str(work / f"ck_{name}"))
+        res["test_mrr"] = evaluate(parse_config(test))["overall"]["mrr"]
+        if "partition_transfers" in res:
+            part_bytes = (nodes / parts) * (dim + 1) * 4
+            res["bytes_per_transfer_vs_partition"] = (
+                res["partition_bytes_moved"] / max(res["partition_transfers"], 1) / part_bytes)
+        results[name] = res
+        emit(dict(what="distributed_train", **setup, **res))
+    s, d = results["single"], results["dist2"]
+    emit(dict(what="distributed_summary", **setup,
+              speedup_wall=d["wall_edges_per_s"] / s["wall_edges_per_s"],
+              mrr_single=s["test_mrr"], mrr_dist2=d["test_mrr"],
+              mrr_delta=d["test_mrr"] - s["test_mrr"],
+              bytes_per_transfer_vs_partition=d["bytes_per_transfer_vs_partition"],
+              param_bytes=d["param_bytes"]))
+    if not a.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

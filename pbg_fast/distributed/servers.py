@@ -1,0 +1,208 @@
+"""What each process of a distributed run serves over torch.distributed.rpc, and the clients.
+
+Roles live in a per-process registry (`ROLES`); a remote call names the role and the method
+(`serve(role, method, *args)`, the one function RPC calls), so every request is a plain
+request/response with the RPC agent's timeout. A call to a role in this very process skips RPC.
+
+- "lock": the LockServer (rank 0).
+- "parts": a PartitionServer, holding partitions in memory (one per trainer by default; or
+  standalone processes). Fenced: a put or get carries the lock server's token for the
+  partition, and a token older than the newest seen is refused, so a trainer that lost its
+  lease cannot overwrite a newer copy.
+- "params": a ParameterShard, holding some of the shared parameters (relation operators,
+  global embeddings, unpartitioned entity types, and their Adagrad states); trainers push
+  their local changes and pull the sum (ParamClient, from a background thread).
+"""
+
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed.rpc as rpc
+
+from ..errors import UserError
+
+Key = Tuple[str, int]
+ROLES: Dict[str, object] = {}
+SELF: Dict[str, str] = {"name": ""}  # this process's RPC worker name
+
+
+class DistributedError(UserError):
+    """A distributed run cannot go on (a peer unreachable, a lease lost)."""
+
+
+def serve(role: str, method: str, *args):
+    obj = ROLES.get(role)
+    if obj is None:
+        raise RuntimeError(f"{SELF['name']}: no {role!r} role here")
+    return getattr(obj, method)(*args)
+
+
+def call(worker: str, role: str, method: str, *args, timeout: float = -1.0):
+    """role.method(*args) on `worker`: in this process directly, else a blocking RPC. A peer
+    that is gone, or a fencing token refused, becomes a DistributedError naming the peer."""
+    try:
+        if worker == SELF["name"]:
+            return serve(role, method, *args)
+        return rpc.rpc_sync(worker, serve, args=(role, method) + args, timeout=timeout)
+    except StaleToken as e:
+        raise DistributedError(f"{worker}: {e}; this trainer lost its lease and stops") from None
+    except RuntimeError as e:
+        if worker == SELF["name"]:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DistributedError(f"{worker} ({role}.{method}) unreachable or failed: {msg}; "
+                               f"restart the same command on every machine to resume from the "
+                               f"last committed checkpoint") from None
+
+
+class StaleToken(RuntimeError):
+    pass
+
+
+class PartitionServer:
+    """Partitions in memory: key -> (embeddings, Adagrad state), with the newest fencing token
+    seen for each partition index. A partition first asked for is loaded by `loader` (from the
+    committed checkpoint, or initialised)."""
+
+    def __init__(self, loader: Callable[[Key], Tuple[torch.Tensor, torch.Tensor]]):
+        self.loader = loader
+        self.data: Dict[Key, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.tokens: Dict[int, int] = {}
+        self.mutex = threading.Lock()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _fence(self, part: int, token: int) -> None:
+        newest = self.tokens.get(part, 0)
+        if token < newest:
+            raise StaleToken(f"partition {part}: token {token} is older than {newest} (the "
+                             f"lock server gave it to another trainer)")
+        self.tokens[part] = token
+
+    def get(self, key: Key, token: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        with self.mutex:
+            self._fence(key[1], token)
+            if key not in self.data:
+                self.data[key] = self.loader(key)
+            emb, state = self.data[key]
+            self.bytes_out += emb.nbytes + state.nbytes
+            return emb, state
+
+    def put(self, key: Key, token: int, emb: torch.Tensor, state: torch.Tensor) -> int:
+        with self.mutex:
+            self._fence(key[1], token)
+            cur = self.data.get(key)
+            if cur is not None and cur[0].shape == emb.shape:
+                cur[0].copy_(emb)
+                cur[1].copy_(state)
+            else:
+                self.data[key] = (emb.clone(), state.clone())
+            self.bytes_in += emb.nbytes + state.nbytes
+            return emb.nbytes + state.nbytes
+
+    def keys(self) -> List[Key]:
+        with self.mutex:
+            return sorted(self.data)
+
+    def save_all(self, save: Callable[[Key, torch.Tensor, torch.Tensor], int]) -> int:
+        """Writes every partition held (at the iteration's end, when no trainer holds any)."""
+        with self.mutex:
+            return sum(save(k, *self.data[k]) for k in sorted(self.data))
+
+    def traffic(self) -> Tuple[int, int]:
+        with self.mutex:
+            return self.bytes_in, self.bytes_out
+
+
+class ParameterShard:
+    """Some of the shared parameters: name -> the sum of every trainer's changes."""
+
+    def __init__(self):
+        self.values: Dict[str, torch.Tensor] = {}
+        self.mutex = threading.Lock()
+        self.bytes = 0
+
+    def init(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """The first trainer to register `name` sets its value; everyone gets the stored one."""
+        with self.mutex:
+            if name not in self.values:
+                self.values[name] = value.clone()
+            return self.values[name].clone()
+
+    def push_pull(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        with self.mutex:
+            v = self.values[name]
+            v.add_(delta.reshape(v.shape))
+            self.bytes += 2 * v.nbytes
+            return v.clone()
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        with self.mutex:
+            self.values[name] = value.clone()
+
+
+class ParamClient:
+    """Keeps local tensors in sync with the parameter shards: each sync pushes what changed
+    locally since the last one and takes the shard's sum, keeping changes made meanwhile (the
+    training threads update the tensors in place, HOGWILD, as PBG's do)."""
+
+    def __init__(self, owner_of: Callable[[str], str], interval: float, timeout: float):
+        self.owner_of = owner_of
+        self.interval = interval
+        self.timeout = timeout
+        self.tensors: Dict[str, torch.Tensor] = {}
+        self.last: Dict[str, torch.Tensor] = {}
+        self.bytes = 0
+        self.syncs = 0
+        self.seconds = 0.0
+        self.error: Optional[BaseException] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._mutex = threading.Lock()  # one sync at a time (thread and final sync)
+
+    def register(self, name: str, t: torch.Tensor) -> None:
+        """Shares `t` as `name`: takes the shard's value (the first registrant's)."""
+        if not t.numel():
+            return
+        v = call(self.owner_of(name), "params", "init", name, t, timeout=self.timeout)
+        t.copy_(v.reshape(t.shape))
+        self.tensors[name] = t
+        self.last[name] = v.reshape(t.shape).clone()
+
+    def sync(self) -> None:
+        with self._mutex:
+            t0 = time.perf_counter()
+            for name, t in self.tensors.items():
+                snap = t.clone()
+                new = call(self.owner_of(name), "params", "push_pull", name,
+                           snap - self.last[name], timeout=self.timeout).reshape(t.shape)
+                t.add_(new - snap)
+                self.last[name] = new
+                self.bytes += 2 * t.nbytes
+            self.syncs += 1
+            self.seconds += time.perf_counter() - t0
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pbg_fast-params", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync()
+            except BaseException as e:  # noqa: BLE001 - re-raised by stop()
+                self.error = e
+                return
+
+    def stop(self) -> None:
+        """Stops the thread and makes a last sync; raises what the thread failed with."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if self.error is not None:
+            raise self.error
+        self.sync()

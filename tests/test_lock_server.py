@@ -1,0 +1,262 @@
+"""The lock server's promises over random schedules: trainers that come, go, release early,
+wait and die (their leases expiring on a fake clock). After every call: no partition is held by
+two live trainers, every bucket is in exactly one of todo / active / pending / done, a done
+bucket is never granted again; a bucket is granted again only after its trainer expired. At the
+end of each schedule the survivors (or a newcomer) finish the iteration, and every bucket is
+done exactly once."""
+
+import random
+
+import pytest
+
+from pbg_fast.distributed.lock_server import LockServer
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def check_invariants(ls: LockServer, buckets, granted, expired_buckets):
+    live = ls.trainers
+    seen = {}
+    for rank, t in live.items():
+        for p in t.held:
+            assert p not in seen, f"partition {p} held by ranks {seen[p]} and {rank}"
+            seen[p] = rank
+            assert ls.holder[p] == rank
+        if t.active is not None:
+            assert ls.parts(t.active) <= t.held
+    assert set(ls.holder) == set(seen)
+    where = {}
+    for b in buckets:
+        places = [b in ls.todo, b in ls.done]
+        places += [t.active == b for t in live.values()]
+        places += [b in t.pending for t in live.values()]
+        assert sum(places) == 1, f"bucket {b} is in {sum(places)} places"
+        where[b] = places
+    for b, n in granted.items():
+        assert n <= 1 + expired_buckets.get(b, 0), f"bucket {b} granted {n} times"
+
+
+def run_schedule(seed: int):
+    rng = random.Random(seed)
+    nl = rng.choice([1, 2, 3, 4, 5, 8])
+    nr = rng.choice([1, nl, nl, rng.randint(1, 6)])
+    clock = Clock()
+    lease = 10.0
+    ls = LockServer(nl, nr, lease_seconds=lease, clock=clock)
+    buckets = [(l, r) for l in range(nl) for r in range(nr)]
+    rng.shuffle(buckets)
+    ls.start_iteration(0, buckets)
+    alive = {}  # rank -> simulated trainer state: "idle" | "training"
+    dead = set()
+    next_rank = 0
+    granted = {}
+    expired_buckets = {}
+    done_before = set()
+
+    def spawn():
+        nonlocal next_rank
+        r = next_rank
+        next_rank += 1
+        ls.join(r)
+        alive[r] = "idle"
+        return r
+
+    for _ in range(rng.randint(1, 5)):
+        spawn()
+
+    def step(rank, finishing=False):
+        t = ls.trainers[rank]
+        trained = t.active if alive[rank] == "training" else None
+        if trained is None and t.held and (finishing or rng.random() < 0.3):
+            ls.release(rank, sorted(t.held))  # write back, give up
+            return
+        g = ls.acquire(rank, 0, trained=trained)
+        if g.kind == "bucket":
+            b = g.bucket
+            assert b not in ls.done and b not in done_before
+            granted[b] = granted.get(b, 0) + 1
+            assert [p for p, _ in g.tokens] == sorted(ls.parts(b))
+            alive[rank] = "training"
+            # Partitions not needed by b go back now (as the trainer writes them back).
+            extra = sorted(ls.trainers[rank].held - ls.parts(b))
+            if extra and rng.random() < 0.7:
+                ls.release(rank, extra)
+        elif g.kind == "wait":
+            alive[rank] = "idle"
+            held = sorted(ls.trainers[rank].held)
+            if held:
+                ls.release(rank, held)
+        elif g.kind == "done":
+            alive[rank] = "idle"
+        else:
+            raise AssertionError(g)
+
+    for _ in range(rng.randint(5, 120)):
+        action = rng.random()
+        live = sorted(alive)
+        if action < 0.7 and live:
+            step(rng.choice(live))
+        elif action < 0.78 and live:  # a trainer dies: silent from now on
+            r = rng.choice(live)
+            t = ls.trainers[r]
+            for b in t.pending + ([t.active] if t.active else []):
+                expired_buckets[b] = expired_buckets.get(b, 0) + 1
+            del alive[r]
+            dead.add(r)
+            # Everyone else keeps heartbeating while the dead one's lease runs out.
+            for _ in range(3):
+                clock.now += lease / 2
+                for o in alive:
+                    assert ls.heartbeat(o)
+        elif action < 0.85:
+            spawn()
+        else:
+            clock.now += rng.random()
+            for o in alive:
+                ls.heartbeat(o)
+        done_before |= set(ls.done)
+        for r in dead:
+            assert ls.acquire(r, 0).kind == "expired"
+            assert not ls.heartbeat(r)
+        check_invariants(ls, buckets, granted, expired_buckets)
+
+    # The survivors finish the iteration (a newcomer if none is left).
+    if not alive:
+        spawn()
+    for _ in range(20 * len(buckets) + 50):
+        if len(ls.done) == len(buckets):
+            break
+        for r in sorted(alive):
+            step(r, finishing=True)
+            check_invariants(ls, buckets, granted, expired_buckets)
+    assert ls.done == set(buckets), f"seed {seed}: stuck with {ls.status()}"
+    for r in sorted(alive):
+        step(r, finishing=True)
+        assert ls.acquire(r, 0).kind == "done"
+    for b in buckets:  # once, plus once more for each trainer that died holding it
+        assert 1 <= granted.get(b, 0) <= 1 + expired_buckets.get(b, 0)
+    return len(dead)
+
+
+def test_random_schedules():
+    deaths = sum(run_schedule(seed) for seed in range(1200))
+    assert deaths > 100  # the schedules did exercise dying trainers
+
+
+def test_no_expiry_means_exactly_once():
+    clock = Clock()
+    ls = LockServer(4, 4, lease_seconds=5, clock=clock)
+    buckets = [(l, r) for l in range(4) for r in range(4)]
+    ls.start_iteration(0, buckets)
+    granted = []
+    active = {0: None, 1: None}
+    while len(ls.done) < len(buckets):
+        for r in (0, 1):
+            g = ls.acquire(r, 0, trained=active[r])
+            active[r] = None
+            if g.kind == "bucket":
+                granted.append(g.bucket)
+                active[r] = g.bucket
+                extra = sorted(ls.trainers[r].held - ls.parts(g.bucket))
+                if extra:
+                    ls.release(r, extra)
+            elif g.kind == "wait" and ls.trainers[r].held:
+                ls.release(r, sorted(ls.trainers[r].held))
+        for r in (0, 1):
+            if active[r] is None and ls.trainers[r].held:
+                ls.release(r, sorted(ls.trainers[r].held))
+    assert sorted(granted) == sorted(buckets)
+    # Two trainers at P=4 can train concurrently: both held a bucket at once at some point.
+    assert ls.grants == 16
+
+
+def test_reuse_is_preferred_and_tokens_fence():
+    ls = LockServer(4, 4, lease_seconds=5, clock=Clock())
+    ls.start_iteration(0, [(l, r) for l in range(4) for r in range(4)])
+    g1 = ls.acquire(0, 0)
+    assert g1.bucket == (0, 0)  # one load rather than two, then the order
+    g2 = ls.acquire(0, 0, trained=g1.bucket)
+    assert 0 in g2.bucket  # keeps partition 0: one load
+    g3 = ls.acquire(0, 0, trained=g2.bucket)
+    assert set(g3.bucket) == set(g2.bucket)  # the reverse bucket: no load at all
+    # Fencing: each change of holder raises the partition's token; a stale one is refused.
+    tokens = dict(g3.tokens)
+    assert all(ls.check_token(p, tok) for p, tok in tokens.items())
+    ls.acquire(0, 0, trained=g3.bucket)
+    ls.release(0, sorted(ls.trainers[0].held - ls.parts(ls.trainers[0].active)))
+    g4 = ls.acquire(1, 0)
+    assert g4.kind == "bucket"
+    for p, tok in g4.tokens:
+        if p in tokens:
+            assert tok > tokens[p] and not ls.check_token(p, tokens[p])
+
+
+def test_protocol_errors_are_refused():
+    ls = LockServer(2, 2, lease_seconds=5, clock=Clock())
+    ls.start_iteration(0, [(0, 0), (0, 1), (1, 0), (1, 1)])
+    g = ls.acquire(0, 0)
+    with pytest.raises(ValueError):
+        ls.acquire(0, 0)  # asks again while a bucket is active
+    with pytest.raises(ValueError):
+        ls.release(0, [g.bucket[0]])  # a partition of the active bucket
+    with pytest.raises(ValueError):
+        ls.acquire(0, 0, trained=(9, 9))
+
+
+def test_partition_server_refuses_stale_tokens():
+    import torch
+
+    from pbg_fast.distributed.servers import PartitionServer, StaleToken
+    loads = []
+
+    def loader(k):
+        loads.append(k)
+        return torch.zeros(3, 2), torch.zeros(3)
+
+    s = PartitionServer(loader)
+    emb, state = s.get(("node", 1), 1)
+    assert loads == [("node", 1)] and emb.shape == (3, 2)
+    s.put(("node", 1), 1, torch.ones(3, 2), torch.ones(3))
+    emb, _ = s.get(("node", 1), 2)  # a new holder, with a newer token
+    assert loads == [("node", 1)] and bool((emb == 1).all())
+    with pytest.raises(StaleToken):  # the old holder, back from the dead, cannot write
+        s.put(("node", 1), 1, torch.full((3, 2), 7.0), torch.ones(3))
+    assert bool((s.get(("node", 1), 2)[0] == 1).all())
+
+
+def test_param_clients_add_up_their_changes():
+    """Two trainers' clients on one shard: each pushes its own changes and ends with the sum,
+    keeping changes made between a snapshot and the shard's answer."""
+    import torch
+
+    from pbg_fast.distributed import servers
+    servers.ROLES.clear()
+    servers.ROLES["params"] = servers.ParameterShard()
+    servers.SELF["name"] = "w0"
+    try:
+        a, b = torch.zeros(4), torch.full((4,), 5.0)
+        ca = servers.ParamClient(lambda n: "w0", interval=1, timeout=5)
+        cb = servers.ParamClient(lambda n: "w0", interval=1, timeout=5)
+        ca.register("x", a)
+        cb.register("x", b)  # takes the first registrant's value
+        assert torch.equal(b, torch.zeros(4))
+        a += 1
+        b += 2
+        ca.sync()
+        cb.sync()
+        assert torch.equal(b, torch.full((4,), 3.0))
+        ca.sync()
+        assert torch.equal(a, torch.full((4,), 3.0))
+        b += 1
+        cb.sync()
+        ca.sync()
+        assert torch.equal(a, b) and torch.equal(a, torch.full((4,), 4.0))
+    finally:
+        servers.ROLES.clear()
+        servers.SELF["name"] = ""
