@@ -51,6 +51,9 @@ from .servers import (ROLES, SELF, DistributedError, ParamClient, ParameterShard
 logger = logging.getLogger("pbg_fast")
 Key = Tuple[str, int]
 LOCK = "trainer0"
+# The longest sleep between two polls of the lock server (for a bucket, for an iteration to
+# open or close): a poll is one small RPC, and a trainer idle for longer wastes its cores.
+POLL_MAX = 0.02
 
 
 def trainer_name(rank: int) -> str:
@@ -424,7 +427,8 @@ class DistributedTrainer(Trainer):
                            io_seconds=io["io_seconds"], io_wait_seconds=io["wait_seconds"],
                            param_bytes=params.bytes - p_start[0],
                            param_syncs=params.syncs - p_start[1],
-                           param_seconds=params.seconds - p_start[2])
+                           param_seconds=params.seconds - p_start[2],
+                           idle_seconds=self.idle_seconds)
                 rec["edges_per_s"] = rec["count"] / max(rec["train_seconds"], 1e-9)
                 self._lock("finish_iteration", self.rank, it, [rec])
                 if self.rank == 0:
@@ -438,7 +442,7 @@ class DistributedTrainer(Trainer):
 
     def _wait_for(self, get, ok, what: str):
         deadline = time.monotonic() + self.config.distributed_timeout
-        delay = 0.01
+        delay = 0.002
         while True:
             v = get()
             if ok(v):
@@ -448,7 +452,7 @@ class DistributedTrainer(Trainer):
                 raise DistributedError(f"rank {self.rank}: waited distributed_timeout = "
                                        f"{self.config.distributed_timeout:g} s for {what}")
             time.sleep(delay)
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, POLL_MAX)
 
     def _register_shared(self, params: ParamClient, model: Model, buffer: PartitionBuffer):
         """Relation operators, global embeddings and unpartitioned types' tables (loaded whole by
@@ -477,9 +481,10 @@ class DistributedTrainer(Trainer):
         c = self.config
         edge_path = c.edge_paths[path_idx]
         recs = []
+        self.idle_seconds = 0.0  # asleep between "wait" answers of the lock server
         trained = record = None
         deadline = time.monotonic() + c.distributed_timeout
-        delay = 0.01
+        delay = 0.002
         while True:
             self._check_lease()
             g = self._lock("acquire", self.rank, it, trained, record)
@@ -499,10 +504,11 @@ class DistributedTrainer(Trainer):
                                            f"distributed_timeout = {c.distributed_timeout:g} s "
                                            f"in iteration {it}: {self._lock('status')}")
                 time.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                self.idle_seconds += delay
+                delay = min(delay * 2, POLL_MAX)
                 continue
             deadline = time.monotonic() + c.distributed_timeout
-            delay = 0.01
+            delay = 0.002
             lp, rp = g.bucket
             if isinstance(self.tier, PartitionServerTier):
                 self.tier.tokens.update(dict(g.tokens))
@@ -596,7 +602,7 @@ class DistributedTrainer(Trainer):
         total["edges_per_s"] = total["count"] / max(total["train_seconds"], 1e-9)
         for k in ("partition_loads", "partition_writes", "bytes_read", "bytes_written",
                   "io_seconds", "io_wait_seconds", "param_bytes", "param_syncs",
-                  "param_seconds"):
+                  "param_seconds", "idle_seconds"):
             total[k] = sum(r[k] for r in ranks)
         ckpt.append_stats(buckets + ranks + [total])
         return total
