@@ -36,7 +36,7 @@ import torch
 import torch.distributed.rpc as rpc
 
 from .. import faults
-from ..config import ConfigSchema, check_matches_checkpoint
+from ..config import ConfigSchema
 from ..errors import ConfigError
 from ..io.checkpoint import CheckpointManager
 from ..io.files import load_edges
@@ -248,15 +248,9 @@ class DistributedTrainer(Trainer):
     # -- entry ---------------------------------------------------------------------------------
     def train(self) -> List[dict]:
         self.check_inputs()
-        c = self.config
-        if self.rank == 0:
-            with self.ckpt.lock(f"pbg-fast train (distributed rank 0, seed {self.seed})"):
-                self.ckpt.clean_leftovers()
-                try:
-                    return self._with_rpc()
-                except BaseException:
-                    self.ckpt.remove_other_versions(self.ckpt.load_version())
-                    raise
+        if self.rank == 0:  # the one that commits
+            return self._under_lock(f"pbg-fast train (distributed rank 0, seed {self.seed})",
+                                    self._with_rpc)
         return self._with_rpc()
 
     def _with_rpc(self) -> List[dict]:
@@ -346,18 +340,7 @@ class DistributedTrainer(Trainer):
         c, ckpt = self.config, self.ckpt
         timeout = c.distributed_timeout
         version = ckpt.load_version()
-        if version > 0:
-            saved, where = ckpt.saved_config(version)
-            if saved is not None:
-                check_matches_checkpoint(c, saved, where)
-        model = Model(c, self.num_dynamic_rels)
-        if version > 0:
-            params, states, _ = ckpt.load_model(version)
-            model.load_checkpoint(params, states, str(ckpt.model_file(version)))
-        elif c.init_path:
-            init = CheckpointManager(c.init_path)
-            params, _, _ = init.load_model(init.load_version())
-            model.load_checkpoint(params, {}, str(init.model_file(init.load_version())))
+        model = self._start_model(version)
         self._first_iteration = version
         n_chunks = self.num_edge_chunks()
         n_paths = len(c.edge_paths)
@@ -389,15 +372,7 @@ class DistributedTrainer(Trainer):
         shared_registered = False
         try:
             for it in range(first, total_iters):
-                epoch, rest = divmod(it, n_paths * n_chunks)
-                path_idx, chunk_idx = divmod(rest, n_chunks)
-                meta = {
-                    "config/json": json.dumps(c.to_dict()),
-                    "iteration/num_epochs": c.num_epochs, "iteration/epoch_idx": epoch,
-                    "iteration/num_edge_paths": n_paths, "iteration/edge_path_idx": path_idx,
-                    "iteration/edge_path": c.edge_paths[path_idx],
-                    "iteration/num_edge_chunks": n_chunks, "iteration/edge_chunk_idx": chunk_idx,
-                }
+                epoch, path_idx, chunk_idx, meta = self._iteration_meta(it, n_paths, n_chunks)
                 if self.rank == 0:
                     ROLES["lock"].start_iteration(
                         it, bucket_order(c.bucket_order, nl, nr, self.seed * 7919 + it, 2))

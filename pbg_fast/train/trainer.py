@@ -169,19 +169,23 @@ class Trainer:
 
     def train(self) -> List[dict]:
         self.check_inputs()
-        with self.ckpt.lock(f"pbg-fast train (seed {self.seed})"):
+        return self._under_lock(f"pbg-fast train (seed {self.seed})", self._train)
+
+    def _under_lock(self, what: str, body: Callable[[], List[dict]]) -> List[dict]:
+        """body() holding the checkpoint's one-trainer lock, after a killed run's leftovers are
+        removed; a refused or failed run leaves only the last committed version."""
+        with self.ckpt.lock(what):
             self.ckpt.clean_leftovers()
             try:
-                return self._train()
+                return body()
             except BaseException:
-                # A refused or failed run leaves only the last committed version.
                 self.ckpt.remove_other_versions(self.ckpt.load_version())
                 raise
 
-    def _train(self) -> List[dict]:
-        c = self.config
-        ckpt = self.ckpt
-        version = ckpt.load_version()
+    def _start_model(self, version: int) -> Model:
+        """The model to train from: committed `version`'s (its config checked against this
+        one), or init_path's parameters (a warm start, optimizer afresh), or a new one."""
+        c, ckpt = self.config, self.ckpt
         model = Model(c, self.num_dynamic_rels)
         if version > 0:
             saved, where = ckpt.saved_config(version)
@@ -193,6 +197,27 @@ class Trainer:
             init = CheckpointManager(c.init_path)
             params, _, _ = init.load_model(init.load_version())
             model.load_checkpoint(params, {}, str(init.model_file(init.load_version())))
+        return model
+
+    def _iteration_meta(self, it: int, n_paths: int, n_chunks: int):
+        """(epoch, edge path index, edge chunk index, checkpoint metadata) of iteration it."""
+        c = self.config
+        epoch, rest = divmod(it, n_paths * n_chunks)
+        path_idx, chunk_idx = divmod(rest, n_chunks)
+        meta = {
+            "config/json": json.dumps(c.to_dict()),
+            "iteration/num_epochs": c.num_epochs, "iteration/epoch_idx": epoch,
+            "iteration/num_edge_paths": n_paths, "iteration/edge_path_idx": path_idx,
+            "iteration/edge_path": c.edge_paths[path_idx], "iteration/num_edge_chunks": n_chunks,
+            "iteration/edge_chunk_idx": chunk_idx,
+        }
+        return epoch, path_idx, chunk_idx, meta
+
+    def _train(self) -> List[dict]:
+        c = self.config
+        ckpt = self.ckpt
+        version = ckpt.load_version()
+        model = self._start_model(version)
         # config.json is written with the first commit, so that a refused run writes none.
         self._first_iteration = version
         n_chunks = self.num_edge_chunks()
@@ -216,16 +241,8 @@ class Trainer:
         """Iteration `it` (one epoch x edge path x edge chunk): trains its buckets, then commits
         version it + 1."""
         c, ckpt = self.config, self.ckpt
-        epoch, rest = divmod(it, n_paths * n_chunks)
-        path_idx, chunk_idx = divmod(rest, n_chunks)
+        epoch, path_idx, chunk_idx, meta = self._iteration_meta(it, n_paths, n_chunks)
         edge_path = c.edge_paths[path_idx]
-        meta = {
-            "config/json": json.dumps(c.to_dict()),
-            "iteration/num_epochs": c.num_epochs, "iteration/epoch_idx": epoch,
-            "iteration/num_edge_paths": n_paths, "iteration/edge_path_idx": path_idx,
-            "iteration/edge_path": edge_path, "iteration/num_edge_chunks": n_chunks,
-            "iteration/edge_chunk_idx": chunk_idx,
-        }
         t_iter = time.perf_counter()
         it_loss, it_count, it_train_s = 0.0, 0, 0.0
         pending_stats = []  # written after the commit, so a killed iteration leaves none
