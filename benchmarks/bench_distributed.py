@@ -1,6 +1,6 @@
 """Distributed training against one machine, in the same run (issue #9).
 
-    python benchmarks/bench_distributed.py [--quick] [--nodes N --degree K --epochs E]
+    python benchmarks/bench_distributed.py [--quick] [--nodes N --degree K --epochs E --rounds R]
 
 A planted-community graph (default 100k nodes, ~1M edges, 95/5 train/test), P=4, d=100, a
 diagonal operator (a shared parameter), dot, softmax, 50 + 50 negatives, imported once; then, one after the other:
@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ def run(cfg: dict, work: Path, name: str) -> dict:
     """Trains `cfg` (one process, or num_machines processes with --rank), returns its figures
     from the commands' wall time and training_stats.json."""
     ckpt = work / f"ck_{name}"
+    shutil.rmtree(ckpt, ignore_errors=True)  # a fresh run (an existing one would resume)
     cfg = dict(cfg, checkpoint_path=str(ckpt))
     path = work / f"{name}.json"
     path.write_text(json.dumps(cfg))
@@ -98,6 +100,7 @@ def main():
     ap.add_argument("--degree", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     nodes = a.nodes or (20_000 if a.quick else 100_000)
     epochs = a.epochs or (3 if a.quick else 5)
@@ -122,32 +125,46 @@ def main():
     setup = dict(nodes=nodes, train_edges=len(train_rows), test_edges=len(test_rows),
                  parts=parts, dim=dim, epochs=epochs, cpu=cpu)
     emit(dict(what="distributed_setup", **setup))
-    results = {}
     # The lock server grants the bucket that reuses what a trainer holds: an affinity order.
     # With a relation operator the order alone moves MRR by about 0.01 on this graph, so the
     # single machine also trains in that order, for a like-for-like quality comparison.
     runs = [("single", dict(train_cfg)),
             ("single_affinity", dict(train_cfg, bucket_order="affinity")),
-            ("dist2", dict(train_cfg, num_machines=2, num_partition_servers=-1,
-                           distributed_init_method=f"tcp://127.0.0.1:{free_port()}"))]
-    for name, cfg in runs:
-        res = run(cfg, work, name)
-        test = dict(base, edge_paths=base["edge_paths"][1:], checkpoint_path=str(work / f"ck_{name}"))
-        res["test_mrr"] = evaluate(parse_config(test))["overall"]["mrr"]
-        if "partition_transfers" in res:
-            part_bytes = (nodes / parts) * (dim + 1) * 4
-            res["bytes_per_transfer_vs_partition"] = (
-                res["partition_bytes_moved"] / max(res["partition_transfers"], 1) / part_bytes)
-        results[name] = res
-        emit(dict(what="distributed_train", **setup, **res))
-    s, sa, d = results["single"], results["single_affinity"], results["dist2"]
-    emit(dict(what="distributed_summary", **setup,
-              speedup_wall=d["wall_edges_per_s"] / s["wall_edges_per_s"],
-              mrr_single=s["test_mrr"], mrr_single_affinity=sa["test_mrr"],
-              mrr_dist2=d["test_mrr"], mrr_delta=d["test_mrr"] - s["test_mrr"],
-              mrr_delta_same_order=d["test_mrr"] - sa["test_mrr"],
-              bytes_per_transfer_vs_partition=d["bytes_per_transfer_vs_partition"],
-              param_bytes=d["param_bytes"]))
+            ("dist2", dict(train_cfg, num_machines=2, num_partition_servers=-1))]
+    # Rounds of all three, one after the other, so that the box's noise hits each alike; the
+    # summary takes each run's median wall-clock edges/s.
+    results = {name: [] for name, _ in runs}
+    for rnd in range(a.rounds):
+        for name, cfg in runs:
+            if "num_machines" in cfg:
+                cfg = dict(cfg, distributed_init_method=f"tcp://127.0.0.1:{free_port()}")
+            res = run(cfg, work, name)
+            test = dict(base, edge_paths=base["edge_paths"][1:],
+                        checkpoint_path=str(work / f"ck_{name}"))
+            res["test_mrr"] = evaluate(parse_config(test))["overall"]["mrr"]
+            if "partition_transfers" in res:
+                part_bytes = (nodes / parts) * (dim + 1) * 4
+                res["bytes_per_transfer_vs_partition"] = (
+                    res["partition_bytes_moved"] / max(res["partition_transfers"], 1) / part_bytes)
+            results[name].append(res)
+            emit(dict(what="distributed_train", round=rnd, **setup, **res))
+
+    def med(name, key):
+        return statistics.median(r[key] for r in results[name])
+
+    emit(dict(what="distributed_summary", **setup, rounds=a.rounds,
+              speedup_wall=med("dist2", "wall_edges_per_s") / med("single", "wall_edges_per_s"),
+              speedup_wall_vs_affinity=(med("dist2", "wall_edges_per_s") /
+                                        med("single_affinity", "wall_edges_per_s")),
+              mrr_single=med("single", "test_mrr"),
+              mrr_single_affinity=med("single_affinity", "test_mrr"),
+              mrr_dist2=med("dist2", "test_mrr"),
+              mrr_delta=med("dist2", "test_mrr") - med("single", "test_mrr"),
+              mrr_delta_same_order=med("dist2", "test_mrr") - med("single_affinity", "test_mrr"),
+              bytes_per_transfer_vs_partition=med("dist2", "bytes_per_transfer_vs_partition"),
+              param_bytes_per_epoch=med("dist2", "param_bytes") / epochs,
+              idle_seconds=med("dist2", "idle_seconds"),
+              commit_seconds=med("dist2", "commit_seconds")))
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
