@@ -167,16 +167,22 @@ def test_torchrun_launch(graphs, tmp_path):
     assert abs(mrr(test_raw, str(tmp_path / "ckpt")) - single) < 0.02
 
 
-def test_a_killed_trainer_loses_only_its_bucket(graphs, tmp_path):
-    """Partitions through the shared disk: rank 1 dies (kill -9) in its third bucket; after
-    its lease the lock server gives that bucket to rank 0, which finishes the run."""
+@pytest.mark.parametrize("servers", [0, 1])
+def test_a_killed_trainer_loses_only_its_bucket(graphs, tmp_path, servers):
+    """Partitions through the shared disk, or on a standalone server: rank 1 dies (kill -9) in
+    its third bucket; after its lease the lock server gives its unfinished buckets to rank 0,
+    which finishes the run."""
     d, train_raw, test_raw, single = graphs[4]
-    cfg = dist_config(train_raw, 2, servers=0, checkpoint_path=str(tmp_path / "ckpt"),
+    cfg = dist_config(train_raw, 2, servers=servers, checkpoint_path=str(tmp_path / "ckpt"),
                       distributed_lease=2)
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
-    procs = launch(path, 2, env_for={1: {"PBG_FAST_KILL_AT": "dist.bucket:3"}})
-    (rc0, _, se0), (rc1, _, _) = finish(procs)
+    procs = launch(path, 2, env_for={1: {"PBG_FAST_KILL_AT": "dist.bucket:3"}},
+                   servers=servers)
+    results = finish(procs)
+    for rc, _, se in results[:servers]:
+        assert rc == 0, se[-3000:]
+    (rc0, _, se0), (rc1, _, _) = results[servers:]
     assert rc1 == -9
     assert rc0 == 0, se0[-3000:]
     ck = CheckpointManager(str(tmp_path / "ckpt"))
