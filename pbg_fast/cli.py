@@ -83,7 +83,7 @@ def cmd_train(a):
 def cmd_partitionserver(a):
     from .distributed.trainer import serve_partitions
     config = load_config(a.config, a.param)
-    n = serve_partitions(config, a.rank, bind_address=a.bind_address)
+    n = serve_partitions(config, a.rank, seed=a.seed, bind_address=a.bind_address)
     print(json.dumps(dict(what="partitionserver", rank=a.rank, bytes_served=n)))
 
 
@@ -154,6 +154,8 @@ def main(argv=None):
     _config_args(p)
     p.add_argument("--rank", type=int, required=True,
                    help="this server's rank among num_partition_servers")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the trainers' --seed (initialises partitions the same way)")
     p.add_argument("--bind-address", default=None,
                    help="the local address to serve on (default: the one that reaches the "
                         "rendezvous host)")

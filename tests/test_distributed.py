@@ -168,11 +168,17 @@ def test_torchrun_launch(graphs, tmp_path):
 
 
 @pytest.mark.parametrize("servers", [0, 1])
-def test_a_killed_trainer_loses_only_its_bucket(graphs, tmp_path, servers):
-    """Partitions through the shared disk, or on a standalone server: rank 1 dies (kill -9) in
-    its third bucket; after its lease the lock server gives its unfinished buckets to rank 0,
-    which finishes the run."""
-    d, train_raw, test_raw, single = graphs[4]
+def test_a_killed_trainer_loses_only_its_bucket(tmp_path, servers):
+    """Partitions through the shared disk, or on a standalone server, and shared parameters (a
+    diagonal operator, global embeddings) on rank 0 or the server: rank 1 dies (kill -9) in its
+    third bucket; after its lease the lock server gives its unfinished buckets to rank 0, which
+    finishes the run to the quality of one process."""
+    train_raw, test_raw = planted_setup(
+        tmp_path, parts=4, epochs=EPOCHS, global_emb=True, workers=1,
+        relations=[{"name": "link", "lhs": "node", "rhs": "node", "operator": "diagonal"}])
+    single_ckpt = str(tmp_path / "single")
+    train(parse_config(dict(train_raw, checkpoint_path=single_ckpt)))
+    single = mrr(test_raw, single_ckpt)
     cfg = dist_config(train_raw, 2, servers=servers, checkpoint_path=str(tmp_path / "ckpt"),
                       distributed_lease=2)
     path = tmp_path / "cfg.json"

@@ -156,7 +156,9 @@ def test_no_expiry_means_exactly_once():
     ls.start_iteration(0, buckets)
     granted = []
     active = {0: None, 1: None}
+    most_at_once = 0
     while len(ls.done) < len(buckets):
+        most_at_once = max(most_at_once, sum(t.active is not None for t in ls.trainers.values()))
         for r in (0, 1):
             g = ls.acquire(r, 0, trained=active[r])
             active[r] = None
@@ -172,11 +174,11 @@ def test_no_expiry_means_exactly_once():
             if active[r] is None and ls.trainers[r].held:
                 ls.release(r, sorted(ls.trainers[r].held))
     assert sorted(granted) == sorted(buckets)
-    # Two trainers at P=4 can train concurrently: both held a bucket at once at some point.
-    assert ls.grants == 16
+    assert ls.grants == 16 and ls.regrants == 0
+    assert most_at_once == 2  # at P=4 two trainers did train at the same time
 
 
-def test_reuse_is_preferred_and_tokens_fence():
+def test_reuse_is_preferred():
     ls = LockServer(4, 4, lease_seconds=5, clock=Clock())
     ls.start_iteration(0, [(l, r) for l in range(4) for r in range(4)])
     g1 = ls.acquire(0, 0)
@@ -185,16 +187,36 @@ def test_reuse_is_preferred_and_tokens_fence():
     assert 0 in g2.bucket  # keeps partition 0: one load
     g3 = ls.acquire(0, 0, trained=g2.bucket)
     assert set(g3.bucket) == set(g2.bucket)  # the reverse bucket: no load at all
-    # Fencing: each change of holder raises the partition's token; a stale one is refused.
-    tokens = dict(g3.tokens)
-    assert all(ls.check_token(p, tok) for p, tok in tokens.items())
-    ls.acquire(0, 0, trained=g3.bucket)
-    ls.release(0, sorted(ls.trainers[0].held - ls.parts(ls.trainers[0].active)))
-    g4 = ls.acquire(1, 0)
-    assert g4.kind == "bucket"
-    for p, tok in g4.tokens:
-        if p in tokens:
-            assert tok > tokens[p] and not ls.check_token(p, tokens[p])
+    assert dict(g3.tokens) == dict(g2.tokens)  # same holder, same tokens
+
+
+def test_expiry_fences_the_dead_holder():
+    """A trainer declared dead keeps no valid token: its writes are refused by the partition
+    server even before the partitions' new holder fetched them."""
+    import torch
+
+    from pbg_fast.distributed.servers import PartitionServer, StaleToken
+    clock = Clock()
+    ls = LockServer(2, 2, lease_seconds=5, clock=clock)
+    ls.start_iteration(0, [(0, 0), (0, 1), (1, 0), (1, 1)])
+    server = PartitionServer(lambda k: (torch.zeros(3, 2), torch.zeros(3)),
+                             validate=ls.check_token)
+    ls.join(1)
+    g = ls.acquire(0, 0)
+    (part, token), = [t for t in g.tokens if t[0] == g.bucket[0]]
+    server.get(("node", part), token)
+    server.put(("node", part), token, torch.ones(3, 2), torch.ones(3))  # a live holder writes
+    for _ in range(3):  # rank 0 falls silent; rank 1 keeps its lease
+        clock.now += 3
+        assert ls.heartbeat(1)
+    assert not ls.check_token(part, token) and ls.is_expired(0)
+    with pytest.raises(StaleToken):
+        server.put(("node", part), token, torch.full((3, 2), 9.0), torch.ones(3))
+    g1 = ls.acquire(1, 0)  # its bucket is back in the pool, with newer tokens
+    assert g1.kind == "bucket" and ls.regrants == 1
+    assert all(tok > token for p, tok in g1.tokens if p == part)
+    emb, _ = server.get(("node", part), dict(g1.tokens)[part])
+    assert bool((emb == 1).all())  # the dead trainer's last accepted write, not the zombie's
 
 
 def test_protocol_errors_are_refused():

@@ -42,6 +42,7 @@ class Grant:
     kind: str  # "bucket" | "wait" | "done" | "expired"
     bucket: Optional[Bucket] = None
     tokens: Tuple[Tuple[int, int], ...] = ()  # (partition, fencing token) of the bucket
+    progress: int = 0  # grows whenever any trainer gets or finishes a bucket (for deadlines)
 
 
 @dataclass
@@ -128,13 +129,13 @@ class LockServer:
             if iteration < self.iteration or (iteration == self.iteration and
                                               len(self.done) == len(self.order)):
                 return Grant("done")
-            if iteration > self.iteration:
-                return Grant("wait")  # the coordinator has not opened it yet
+            if iteration > self.iteration:  # the coordinator has not opened it yet
+                return Grant("wait", progress=self.grants + len(self.done))
             if t.active is not None:
                 raise ValueError(f"rank {rank} asks for a bucket while {t.active} is active")
             b = self._choose(rank, t)
             if b is None:
-                return Grant("wait")
+                return Grant("wait", progress=self.grants + len(self.done))
             self.todo.discard(b)
             t.active = b
             for p in self.parts(b):
@@ -203,13 +204,21 @@ class LockServer:
             return rank in self.expired
 
     def check_token(self, part: int, token: int) -> bool:
-        """Whether `token` is still the current holder's token for `part`."""
+        """Whether `token` is still the current holder's token for `part` (a holder that
+        expired has lost it: expiry bumps the tokens of what it held)."""
         with self.mutex:
+            self._expire()
             return self.token.get(part) == token
+
+    def all_joined(self, ranks: Sequence[int]) -> bool:
+        """Every one of `ranks` joined (or already expired)."""
+        with self.mutex:
+            return all(r in self.trainers or r in self.expired or r in self.left for r in ranks)
 
     def status(self) -> dict:
         with self.mutex:
             return dict(iteration=self.iteration, committed=self.committed,
+                        progress=self.grants + len(self.done),
                         todo=len(self.todo), done=len(self.done),
                         total=len(self.order), trainers=sorted(self.trainers),
                         expired=sorted(self.expired), grants=self.grants,
@@ -249,6 +258,7 @@ class LockServer:
             self.regrants += len(back)
             for p in t.held:
                 del self.holder[p]
+                self.token[p] = self.token.get(p, 0) + 1  # its writes are refused from now on
             del self.trainers[rank]
             self.expired.add(rank)
 

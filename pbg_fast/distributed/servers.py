@@ -64,10 +64,14 @@ class StaleToken(RuntimeError):
 class PartitionServer:
     """Partitions in memory: key -> (embeddings, Adagrad state), with the newest fencing token
     seen for each partition index. A partition first asked for is loaded by `loader` (from the
-    committed checkpoint, or initialised)."""
+    committed checkpoint, or initialised). `validate(part, token)`, when given, asks the lock
+    server whether a writer's token is still current, so that a trainer whose lease expired
+    cannot write even before the partition's new holder has fetched it."""
 
-    def __init__(self, loader: Callable[[Key], Tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, loader: Callable[[Key], Tuple[torch.Tensor, torch.Tensor]],
+                 validate: Optional[Callable[[int, int], bool]] = None):
         self.loader = loader
+        self.validate = validate
         self.data: Dict[Key, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.tokens: Dict[int, int] = {}
         self.mutex = threading.Lock()
@@ -84,13 +88,20 @@ class PartitionServer:
     def get(self, key: Key, token: int) -> Tuple[torch.Tensor, torch.Tensor]:
         with self.mutex:
             self._fence(key[1], token)
-            if key not in self.data:
-                self.data[key] = self.loader(key)
+            have = key in self.data
+        if not have:  # loaded outside the mutex: the loader may itself make calls
+            loaded = self.loader(key)
+            with self.mutex:
+                self.data.setdefault(key, loaded)
+        with self.mutex:
             emb, state = self.data[key]
             self.bytes_out += emb.nbytes + state.nbytes
             return emb, state
 
     def put(self, key: Key, token: int, emb: torch.Tensor, state: torch.Tensor) -> int:
+        if self.validate is not None and not self.validate(key[1], token):
+            raise StaleToken(f"partition {key[1]}: token {token} is no longer current (the "
+                             f"lock server declared its holder dead)")
         with self.mutex:
             self._fence(key[1], token)
             cur = self.data.get(key)
@@ -106,10 +117,13 @@ class PartitionServer:
         with self.mutex:
             return sorted(self.data)
 
-    def save_all(self, save: Callable[[Key, torch.Tensor, torch.Tensor], int]) -> int:
-        """Writes every partition held (at the iteration's end, when no trainer holds any)."""
+    def save_all(self, save: Callable[[Key, torch.Tensor, torch.Tensor], int]) -> List[Key]:
+        """Writes every partition held (at the iteration's end, when no trainer holds any);
+        returns their keys."""
         with self.mutex:
-            return sum(save(k, *self.data[k]) for k in sorted(self.data))
+            for k in sorted(self.data):
+                save(k, *self.data[k])
+            return sorted(self.data)
 
     def traffic(self) -> Tuple[int, int]:
         with self.mutex:
@@ -197,12 +211,16 @@ class ParamClient:
                 self.error = e
                 return
 
-    def stop(self) -> None:
-        """Stops the thread and makes a last sync; raises what the thread failed with."""
+    def halt(self) -> None:
+        """Stops the thread (after the sync it may be in), without a last sync."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
             self._thread = None
+
+    def stop(self) -> None:
+        """Stops the thread and makes a last sync; raises what the thread failed with."""
+        self.halt()
         if self.error is not None:
             raise self.error
         self.sync()

@@ -99,11 +99,15 @@ class PartitionServerTier:
 class SharedDiskTier(CheckpointTier):
     """Partitions through the shared checkpoint_path: a partition another trainer already
     wrote in this iteration (its version + 1 file exists: files appear whole, by rename) is
-    read from there. Writes are durable, and refused once the lease is lost."""
+    read from there. Writes are durable, and refused once the lease is lost or the partition's
+    fencing token is no longer current (checked with the lock server just before each write;
+    a trainer that stalls between that check and its rename is not fenced)."""
 
-    def __init__(self, config, ckpt, seed, check_lease):
+    def __init__(self, config, ckpt, seed, check_lease, token_valid):
         super().__init__(config, ckpt, seed)
         self.check_lease = check_lease
+        self.token_valid = token_valid
+        self.tokens: Dict[int, int] = {}
         self.seconds = 0.0
 
     def fill(self, k, emb, state, version, written) -> int:
@@ -115,6 +119,9 @@ class SharedDiskTier(CheckpointTier):
 
     def save(self, k, emb, state, version, meta, durable) -> int:
         self.check_lease()
+        if k[1] in self.tokens and not self.token_valid(k[1], self.tokens[k[1]]):
+            raise DistributedError(f"partition {k[1]}: the lock server gave it to another "
+                                   f"trainer (this one was declared dead); not writing it")
         t0 = time.perf_counter()
         n = super().save(k, emb, state, version, meta, durable=True)
         self.seconds += time.perf_counter() - t0
@@ -192,6 +199,14 @@ def server_names(config: ConfigSchema) -> List[str]:
     return []
 
 
+def param_owners(config: ConfigSchema) -> List[str]:
+    """Where the shared parameters live: with servers, on them; through the shared disk, on
+    rank 0 alone (whose loss stops the run anyway), so that a dead trainer loses no shard."""
+    if config.num_partition_servers == 0:
+        return [trainer_name(0)]
+    return server_names(config)
+
+
 def world_size(config: ConfigSchema) -> int:
     """Trainers (ranks 0 .. M-1), then standalone partition servers (M .. M+S-1)."""
     return config.num_machines + max(config.num_partition_servers, 0)
@@ -255,7 +270,6 @@ class DistributedTrainer(Trainer):
 
     def _with_rpc(self) -> List[dict]:
         c = self.config
-        self.names = [trainer_name(r) for r in range(c.num_machines)]
         self.partitioned = {e for e, ec in c.entities.items() if ec.num_partitions > 1}
         from ..io.files import load_entity_count
         self.counts = {(e, p): load_entity_count(c.entity_path, e, p)
@@ -264,7 +278,7 @@ class DistributedTrainer(Trainer):
         ROLES["parts_ckpt"] = c.checkpoint_path
         ROLES["params"] = ParameterShard()
         if c.num_partition_servers == -1:
-            ROLES["parts"] = self.part_server = PartitionServer(self._load_for_server)
+            ROLES["parts"] = PartitionServer(self._load_for_server, validate=self._token_valid)
         if self.rank == 0:
             ROLES["lock"] = LockServer(c.side_partitions("lhs"), c.side_partitions("rhs"),
                                        c.distributed_lease)
@@ -287,12 +301,18 @@ class DistributedTrainer(Trainer):
         committed the last version; rank 0 until every live trainer has seen that."""
         total = self._total_iters
         if self.rank == 0:
-            self._wait_for(lambda: ROLES["lock"].all_left(range(1, world_size(self.config))),
-                           bool, "the other trainers and servers to see the last commit")
+            try:
+                self._wait_for(lambda: ROLES["lock"].all_left(range(1, world_size(self.config))),
+                               bool, "the other trainers and servers to see the last commit")
+            except DistributedError as e:  # the run is committed: a late peer is not an error
+                logger.warning("%s; stopping anyway, the last version is committed", e)
         else:
             self._wait_for(lambda: self._lock("status")["committed"], lambda v: v >= total,
                            "rank 0 to commit the last version")
             self._lock("leave", self.rank)
+
+    def _token_valid(self, part: int, token: int) -> bool:
+        return self._lock("check_token", part, token)
 
     def _load_for_server(self, k: Key) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = self.counts[k]
@@ -301,22 +321,35 @@ class DistributedTrainer(Trainer):
                                                                self.server_version, False)
         return emb, state
 
-    def _lock(self, method: str, *args):
-        return call(LOCK, "lock", method, *args, timeout=self.config.distributed_timeout)
+    def _lock(self, method: str, *args, timeout: Optional[float] = None):
+        return call(LOCK, "lock", method, *args,
+                    timeout=timeout if timeout is not None else self.config.distributed_timeout)
+
+    def _release(self, parts: List[int]) -> None:
+        if not self._lock("release", self.rank, parts):
+            self.lease_lost.set()
+            self._check_lease()
 
     # -- heartbeat ------------------------------------------------------------------------------
     def _start_heartbeat(self) -> None:
         self._hb_stop = threading.Event()
 
         def run():
-            every = self.config.distributed_lease / 4
+            lease = self.config.distributed_lease
+            every = lease / 4
+            last_ok = time.monotonic()
             while not self._hb_stop.wait(every):
                 try:
-                    if not self._lock("heartbeat", self.rank):
+                    if not self._lock("heartbeat", self.rank, timeout=max(every, 0.5)):
                         self.lease_lost.set()
                         return
+                    last_ok = time.monotonic()
                 except DistributedError:
-                    return  # the main thread meets the same error at its next call
+                    # Retried at the next tick; past the lease the lock server has declared
+                    # this trainer dead (or is gone): stop writing.
+                    if time.monotonic() - last_ok > lease:
+                        self.lease_lost.set()
+                        return
 
         self._hb = threading.Thread(target=run, name="pbg_fast-heartbeat", daemon=True)
         self._hb.start()
@@ -354,14 +387,18 @@ class DistributedTrainer(Trainer):
         if c.num_partition_servers != 0:
             self.tier = PartitionServerTier(server_names(c), disk, self.partitioned, timeout)
         else:
-            self.tier = SharedDiskTier(c, ckpt, self.seed, self._check_lease)
+            self.tier = SharedDiskTier(c, ckpt, self.seed, self._check_lease, self._token_valid)
         buffer = PartitionBuffer(c, ckpt, self.seed, capacity=2, io="sync", tier=self.tier)
-        params = ParamClient(lambda name: self.names[zlib.crc32(name.encode()) % len(self.names)],
+        owners = param_owners(c)
+        params = ParamClient(lambda name: owners[zlib.crc32(name.encode()) % len(owners)],
                              c.param_sync_interval, timeout)
         self._lock("join", self.rank)
         self._start_heartbeat()
         # Iterations: rank 0 opens each once the previous one is committed.
         if self.rank == 0:
+            # Every trainer has read the committed version before rank 0 may replace it.
+            self._wait_for(lambda: ROLES["lock"].all_joined(range(c.num_machines)), bool,
+                           "every trainer to join")
             first = version
         else:
             st = self._wait_for(lambda: self._lock("status"),
@@ -412,17 +449,29 @@ class DistributedTrainer(Trainer):
                     self.progress(rec)
                 records.append(rec)
         finally:
+            params.halt()  # no thread may call a peer once RPC shuts down
             buffer.close()
         return records
 
+    def _progress(self):
+        st = self._lock("status")
+        return st["progress"], st["committed"]
+
     def _wait_for(self, get, ok, what: str):
+        """Polls get() until ok(its value). Gives up after distributed_timeout without any
+        progress of the run (buckets granted or done, versions committed): waiting on others'
+        long buckets is fine, a run that stands still is not."""
         deadline = time.monotonic() + self.config.distributed_timeout
         delay = 0.002
+        seen = None
         while True:
             v = get()
             if ok(v):
                 return v
             self._check_lease()
+            now = self._progress()
+            if now != seen:
+                seen, deadline = now, time.monotonic() + self.config.distributed_timeout
             if time.monotonic() > deadline:
                 raise DistributedError(f"rank {self.rank}: waited distributed_timeout = "
                                        f"{self.config.distributed_timeout:g} s for {what}")
@@ -456,6 +505,7 @@ class DistributedTrainer(Trainer):
         c = self.config
         edge_path = c.edge_paths[path_idx]
         recs = []
+        seen_progress = None
         self.idle_seconds = 0.0  # asleep between "wait" answers of the lock server
         trained = record = None
         deadline = time.monotonic() + c.distributed_timeout
@@ -473,7 +523,10 @@ class DistributedTrainer(Trainer):
                 held = [k for k in buffer.resident if k[0] in self.partitioned]
                 if held:  # give everything back, so that no two trainers wait on each other
                     buffer.drop(held)
-                    self._lock("release", self.rank, sorted(self._lock_parts(held)))
+                    self._release(sorted(self._lock_parts(held)))
+                if g.progress != seen_progress:  # others train: waiting is fine
+                    seen_progress = g.progress
+                    deadline = time.monotonic() + c.distributed_timeout
                 if time.monotonic() > deadline:
                     raise DistributedError(f"rank {self.rank}: no bucket for "
                                            f"distributed_timeout = {c.distributed_timeout:g} s "
@@ -485,8 +538,7 @@ class DistributedTrainer(Trainer):
             deadline = time.monotonic() + c.distributed_timeout
             delay = 0.002
             lp, rp = g.bucket
-            if isinstance(self.tier, PartitionServerTier):
-                self.tier.tokens.update(dict(g.tokens))
+            self.tier.tokens.update(dict(g.tokens))
             i = buffer.append((lp, rp))
             needed = buffer.plan[i]
             out = [k for k in buffer.resident if k[0] in self.partitioned and k not in needed]
@@ -494,7 +546,7 @@ class DistributedTrainer(Trainer):
                 buffer.drop(out)
                 free = self._lock_parts(out) - self._lock_parts(needed)
                 if free:
-                    self._lock("release", self.rank, sorted(free))
+                    self._release(sorted(free))
             io_before = buffer.stats.snapshot()
             buffer.acquire(i)
             edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
@@ -529,22 +581,30 @@ class DistributedTrainer(Trainer):
                        f"every trainer to finish iteration {it}")
         params.sync()  # the other trainers' last pushes
         nxt = it + 1
+        served = set()
         if c.num_partition_servers != 0:
             servers = server_names(c)
             futs = [rpc.rpc_async(n, _save_server_partitions, args=(nxt, meta),
                                   timeout=c.distributed_timeout) for n in servers]
             for n, f in zip(servers, futs):
                 try:
-                    f.wait()
+                    keys = f.wait()
                 except RuntimeError as e:
                     raise DistributedError(f"{n}: could not write its partitions of version "
                                            f"{nxt}: {str(e).splitlines()[0]}") from None
+                for e, p in keys:
+                    if not ckpt.has_partition(e, p, nxt):
+                        raise DistributedError(
+                            f"checkpoint_path: {n} wrote {ckpt.embeddings_file(e, p, nxt)} but "
+                            f"rank 0 does not see it: checkpoint_path must be one directory "
+                            f"shared by every machine")
+                    served.add((e, p))
         for e in c.entities:
             if e not in self.partitioned:
                 emb, state = buffer.get(e, 0)
                 ckpt.save_partition(e, 0, nxt, emb, state, meta)
         for (e, p) in sorted(self.counts):
-            if ckpt.has_partition(e, p, nxt):
+            if (e, p) in served or ckpt.has_partition(e, p, nxt):
                 continue
             if it > 0 and ckpt.has_partition(e, p, it):
                 ckpt.link_partition(e, p, it, nxt)
@@ -591,7 +651,7 @@ def _save_server_partitions(version: int, meta) -> int:
                                                                      state, meta))
 
 
-def serve_partitions(config: ConfigSchema, rank: Optional[int],
+def serve_partitions(config: ConfigSchema, rank: Optional[int], seed: int = 0,
                      bind_address: Optional[str] = None) -> int:
     """`pbg-fast partitionserver --rank R`: a standalone partition server (rank M + R of the
     world) until rank 0 commits the run's last version. Returns the bytes it served."""
@@ -614,13 +674,15 @@ def serve_partitions(config: ConfigSchema, rank: Optional[int],
     def loader(k: Key):
         rows = load_entity_count(c.entity_path, k[0], k[1])
         emb, state = empty_table(rows, dim), torch.empty(rows)
-        CheckpointTier(c, ckpt, 0).fill(k, emb, state, lock("status")["committed"], False)
+        CheckpointTier(c, ckpt, seed).fill(k, emb, state, lock("status")["committed"], False)
         return emb, state
 
     total = c.num_epochs * len(c.edge_paths) * Trainer(c).num_edge_chunks()
     ROLES.clear()
-    ROLES["parts"] = server = PartitionServer(loader)
+    ROLES["parts"] = server = PartitionServer(
+        loader, validate=lambda p, t: lock("check_token", p, t))
     ROLES["parts_ckpt"] = c.checkpoint_path
+    ROLES["params"] = ParameterShard()
     init_rpc(c, f"partserver{rank}", c.num_machines + rank, c.distributed_init_method,
              bind_address)
     try:

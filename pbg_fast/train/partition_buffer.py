@@ -40,6 +40,7 @@ import torch
 
 from .. import faults
 from ..config import ConfigSchema
+from ..errors import DataError
 from ..io.checkpoint import CheckpointManager
 from ..io.files import load_entity_count
 from ..memory import empty_table
@@ -180,7 +181,11 @@ class CheckpointTier:
         nbytes = 0
         if written:
             _, nbytes = self.ckpt.read_partition_into(e, p, version + 1, emb, state)
-        elif version > 0 and self.ckpt.has_partition(e, p, version):
+        elif version > 0:  # every committed version holds every partition
+            if not self.ckpt.has_partition(e, p, version):
+                raise DataError(f"{self.ckpt.embeddings_file(e, p, version)}: missing from "
+                                f"the committed version {version} (files removed by hand, or "
+                                f"a checkpoint_path not shared by every machine?)")
             _, nbytes = self.ckpt.read_partition_into(e, p, version, emb, state)
         elif c.init_path and (init := CheckpointManager(c.init_path)).has_partition(
                 e, p, init.load_version()):
@@ -332,7 +337,7 @@ class PartitionBuffer:
             if k in self.written:
                 continue
             e, p = k
-            if self.version > 0 and self.ckpt.has_partition(e, p, self.version):
+            if self.version > 0:  # (a missing file fails here, naming it)
                 self.ckpt.link_partition(e, p, self.version, nxt)
             else:  # never trained nor saved yet: initialise it, alone, and write it
                 emb = empty_table(self.counts[k], self.config.dimension)
