@@ -58,8 +58,9 @@ demo: setup
 test: setup check-cuda
 	PBG_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q tests
 
+# Objects kept in cuda-check/: only what changed is recompiled.
 check-cuda:
-	bash csrc/cuda/check.sh
+	bash csrc/cuda/check.sh cuda-check
 
 bench: setup
 	$(PIP) install -q matplotlib
