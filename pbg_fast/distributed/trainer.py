@@ -7,17 +7,21 @@ on the buckets the lock server grants it. Rank 0 also runs the lock server and c
 iteration. Partitions move between trainers through a tier of the PartitionBuffer:
   num_partition_servers = -1  each trainer also serves P/M of the partitions from memory
                               (PartitionServerTier: a swap is a network transfer);
+  num_partition_servers =  S  S standalone servers (`pbg-fast partitionserver --rank R`,
+                              ranks M .. M+S-1 of the RPC world), the same tier;
   num_partition_servers =  0  through the shared checkpoint_path (SharedDiskTier: a swap is a
                               write and a read of the pending version's file).
 Shared parameters (relation operators, global embeddings, unpartitioned entity types, and
-their Adagrad states) are sharded over the trainers' parameter shards and synced by a
-background thread on each trainer.
+their Adagrad states) live on parameter shards (on the partition servers; on rank 0 with the
+shared disk) and are synced by a background thread on each trainer.
 
-Faults: every call has the distributed_timeout. A trainer that stops heartbeating for
-distributed_lease loses its buckets to the others (with num_partition_servers = 0; with
-partition servers on the trainers its partitions die with it, and every rank stops with an
-error). A dead rank 0 stops every rank with an error. A restart with the same command resumes
-from the last committed version: nothing is committed but whole iterations.
+Faults: every call has the distributed_timeout, and every wait gives up after it passes with
+no progress of the run. A trainer that stops heartbeating for distributed_lease loses its
+unfinished buckets to the others (with standalone servers or the shared disk; with partition
+servers on the trainers its partitions die with it, and every rank stops with an error), and
+its later writes are refused (fencing tokens). A dead rank 0 or partition server stops every
+rank with an error. A restart with the same command resumes from the last committed version:
+nothing is committed but whole iterations.
 """
 
 import json
