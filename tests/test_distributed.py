@@ -148,6 +148,31 @@ def test_shared_parameters_stay_in_sync(tmp_path):
     assert abs(got - want) < 0.02, (got, want)
 
 
+def test_edge_chunks_and_resume_from_a_single_machine_checkpoint(graphs, tmp_path):
+    """Iterations are epochs x edge chunks, as on one machine; a distributed run resumes a
+    checkpoint that one machine wrote (same files)."""
+    d, train_raw, test_raw, single = graphs[4]
+    ckpt = str(tmp_path / "ckpt")
+    train(parse_config(dict(train_raw, num_epochs=1, num_edge_chunks=2, checkpoint_path=ckpt)))
+    assert CheckpointManager(ckpt).load_version() == 2
+    cfg = dist_config(train_raw, 2, checkpoint_path=ckpt, num_epochs=2, num_edge_chunks=2)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    for rc, _, se in finish(launch(path, 2)):
+        assert rc == 0, se[-3000:]
+    ck = CheckpointManager(ckpt)
+    assert ck.load_version() == 4
+    stats = [json.loads(line) for line in open(ck.stats_file())]
+    chunks = [(s["epoch"], s["edge_chunk"]) for s in stats
+              if s["kind"] == "iteration" and s.get("rank", "single") is None]
+    assert chunks == [(1, 0), (1, 1)]
+    for it in chunks:
+        got = sorted(tuple(b["bucket"]) for b in stats if b["kind"] == "bucket"
+                     and (b["epoch"], b["edge_chunk"]) == it and "rank" in b)
+        assert got == sorted((l, r) for l in range(4) for r in range(4)), it
+    assert mrr(test_raw, ckpt) > single - 0.05
+
+
 def test_torchrun_launch(graphs, tmp_path):
     d, train_raw, test_raw, single = graphs[4]
     cfg = dist_config(train_raw, 2, checkpoint_path=str(tmp_path / "ckpt"))
