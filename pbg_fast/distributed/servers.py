@@ -136,7 +136,6 @@ class ParameterShard:
     def __init__(self):
         self.values: Dict[str, torch.Tensor] = {}
         self.mutex = threading.Lock()
-        self.bytes = 0
 
     def init(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """The first trainer to register `name` sets its value; everyone gets the stored one."""
@@ -149,7 +148,6 @@ class ParameterShard:
         with self.mutex:
             v = self.values[name]
             v.add_(delta.reshape(v.shape))
-            self.bytes += 2 * v.nbytes
             return v.clone()
 
     def set(self, name: str, value: torch.Tensor) -> None:

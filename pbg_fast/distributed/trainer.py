@@ -24,7 +24,6 @@ rank with an error. A restart with the same command resumes from the last commit
 nothing is committed but whole iterations.
 """
 
-import json
 import logging
 import os
 import socket
@@ -44,7 +43,6 @@ from ..config import ConfigSchema
 from ..errors import ConfigError
 from ..io.checkpoint import CheckpointManager
 from ..io.files import load_edges
-from ..memory import empty_table
 from ..train.partition_buffer import CheckpointTier, PartitionBuffer
 from ..train.schedule import bucket_order
 from ..train.trainer import Model, Trainer
@@ -74,7 +72,6 @@ class PartitionServerTier:
         self.servers, self.disk, self.partitioned = list(servers), disk, partitioned
         self.timeout = timeout
         self.tokens: Dict[int, int] = {}
-        self.seconds = 0.0
 
     def server(self, k: Key) -> str:
         return self.servers[k[1] % len(self.servers)]
@@ -82,19 +79,14 @@ class PartitionServerTier:
     def fill(self, k, emb, state, version, written) -> int:
         if k[0] not in self.partitioned:
             return self.disk.fill(k, emb, state, version, written)
-        t0 = time.perf_counter()
         e, s = call(self.server(k), "parts", "get", k, self.tokens[k[1]], timeout=self.timeout)
         emb.copy_(e)
         state.copy_(s)
-        self.seconds += time.perf_counter() - t0
         return emb.nbytes + state.nbytes
 
     def save(self, k, emb, state, version, meta, durable) -> int:
-        t0 = time.perf_counter()
-        n = call(self.server(k), "parts", "put", k, self.tokens[k[1]], emb, state,
-                 timeout=self.timeout)
-        self.seconds += time.perf_counter() - t0
-        return n
+        return call(self.server(k), "parts", "put", k, self.tokens[k[1]], emb, state,
+                    timeout=self.timeout)
 
     def sync(self, k, version) -> None:
         pass  # in memory: nothing to make durable until the iteration's commit
@@ -112,24 +104,17 @@ class SharedDiskTier(CheckpointTier):
         self.check_lease = check_lease
         self.token_valid = token_valid
         self.tokens: Dict[int, int] = {}
-        self.seconds = 0.0
 
     def fill(self, k, emb, state, version, written) -> int:
-        t0 = time.perf_counter()
-        n = super().fill(k, emb, state, version,
-                         written or self.ckpt.has_partition(k[0], k[1], version + 1))
-        self.seconds += time.perf_counter() - t0
-        return n
+        return super().fill(k, emb, state, version,
+                            written or self.ckpt.has_partition(k[0], k[1], version + 1))
 
     def save(self, k, emb, state, version, meta, durable) -> int:
         self.check_lease()
         if k[1] in self.tokens and not self.token_valid(k[1], self.tokens[k[1]]):
             raise DistributedError(f"partition {k[1]}: the lock server gave it to another "
                                    f"trainer (this one was declared dead); not writing it")
-        t0 = time.perf_counter()
-        n = super().save(k, emb, state, version, meta, durable=True)
-        self.seconds += time.perf_counter() - t0
-        return n
+        return super().save(k, emb, state, version, meta, durable=True)
 
 
 # ---- launch ----------------------------------------------------------------------------------
@@ -275,9 +260,7 @@ class DistributedTrainer(Trainer):
     def _with_rpc(self) -> List[dict]:
         c = self.config
         self.partitioned = {e for e, ec in c.entities.items() if ec.num_partitions > 1}
-        from ..io.files import load_entity_count
-        self.counts = {(e, p): load_entity_count(c.entity_path, e, p)
-                       for e, ec in c.entities.items() for p in range(ec.num_partitions)}
+        self.disk = CheckpointTier(c, self.ckpt, self.seed)
         ROLES.clear()
         ROLES["parts_ckpt"] = c.checkpoint_path
         ROLES["params"] = ParameterShard()
@@ -287,8 +270,7 @@ class DistributedTrainer(Trainer):
             ROLES["lock"] = LockServer(c.side_partitions("lhs"), c.side_partitions("rhs"),
                                        c.distributed_lease)
         self.server_version = self.ckpt.load_version()
-        self.address = init_rpc(c, trainer_name(self.rank), self.rank, self.init_method,
-                                self.bind_address)
+        init_rpc(c, trainer_name(self.rank), self.rank, self.init_method, self.bind_address)
         try:
             out = self._run()
             self._leave()
@@ -319,11 +301,7 @@ class DistributedTrainer(Trainer):
         return self._lock("check_token", part, token)
 
     def _load_for_server(self, k: Key) -> Tuple[torch.Tensor, torch.Tensor]:
-        rows = self.counts[k]
-        emb, state = empty_table(rows, self.config.dimension), torch.empty(rows)
-        CheckpointTier(self.config, self.ckpt, self.seed).fill(k, emb, state,
-                                                               self.server_version, False)
-        return emb, state
+        return self.disk.load(k, self.server_version)
 
     def _lock(self, method: str, *args, timeout: Optional[float] = None):
         return call(LOCK, "lock", method, *args,
@@ -387,9 +365,9 @@ class DistributedTrainer(Trainer):
         if self.rank == 0:
             ROLES["lock"].set_committed(version)
 
-        disk = CheckpointTier(c, ckpt, self.seed)
         if c.num_partition_servers != 0:
-            self.tier = PartitionServerTier(server_names(c), disk, self.partitioned, timeout)
+            self.tier = PartitionServerTier(server_names(c), self.disk, self.partitioned,
+                                            timeout)
         else:
             self.tier = SharedDiskTier(c, ckpt, self.seed, self._check_lease, self._token_valid)
         buffer = PartitionBuffer(c, ckpt, self.seed, capacity=2, io="sync", tier=self.tier)
@@ -448,7 +426,8 @@ class DistributedTrainer(Trainer):
                 rec["edges_per_s"] = rec["count"] / max(rec["train_seconds"], 1e-9)
                 self._lock("finish_iteration", self.rank, it, [rec])
                 if self.rank == 0:
-                    rec = self._commit(it, buffer, model, params, meta, t_iter)
+                    rec = self._commit(it, buffer, model, params, meta, t_iter, epoch,
+                                       path_idx == n_paths - 1 and chunk_idx == n_chunks - 1)
                 if self.progress:
                     self.progress(rec)
                 records.append(rec)
@@ -473,9 +452,10 @@ class DistributedTrainer(Trainer):
             if ok(v):
                 return v
             self._check_lease()
-            now = self._progress()
-            if now != seen:
-                seen, deadline = now, time.monotonic() + self.config.distributed_timeout
+            if seen is None or time.monotonic() > deadline:
+                now = self._progress()
+                if now != seen:  # progress since the last look: wait on
+                    seen, deadline = now, time.monotonic() + self.config.distributed_timeout
             if time.monotonic() > deadline:
                 raise DistributedError(f"rank {self.rank}: waited distributed_timeout = "
                                        f"{self.config.distributed_timeout:g} s for {what}")
@@ -576,7 +556,7 @@ class DistributedTrainer(Trainer):
             trained, record = (lp, rp), rec
 
     def _commit(self, it: int, buffer: PartitionBuffer, model: Model, params: ParamClient,
-                meta, t_iter: float) -> dict:
+                meta, t_iter: float, epoch: int, last_of_epoch: bool) -> dict:
         """Rank 0, once every live trainer finished iteration it: version it + 1 written whole
         (partitions from the servers or already on disk, untouched ones linked), then the model
         and unpartitioned tables from the parameter shards, then the commit."""
@@ -607,24 +587,11 @@ class DistributedTrainer(Trainer):
             if e not in self.partitioned:
                 emb, state = buffer.get(e, 0)
                 ckpt.save_partition(e, 0, nxt, emb, state, meta)
-        for (e, p) in sorted(self.counts):
-            if (e, p) in served or ckpt.has_partition(e, p, nxt):
-                continue
-            if it > 0 and ckpt.has_partition(e, p, it):
-                ckpt.link_partition(e, p, it, nxt)
-            else:
-                emb, state = self._load_for_server((e, p))
-                ckpt.save_partition(e, p, nxt, emb, state, meta)
-        mparams, mstates = model.to_checkpoint()
-        ckpt.save_model(nxt, mparams, mstates, meta)
-        if it == self._first_iteration:
-            ckpt.write_config(json.dumps(c.to_dict(), indent=4))
-        epoch_last = (it + 1) % (len(c.edge_paths) * self.num_edge_chunks()) == 0
-        if (c.checkpoint_preservation_interval and epoch_last
-                and (it + 1) // (len(c.edge_paths) * self.num_edge_chunks())
-                % c.checkpoint_preservation_interval == 0):
-            ckpt.snapshot(nxt, (it + 1) // (len(c.edge_paths) * self.num_edge_chunks()))
-        ckpt.commit(nxt)
+        for e, ec in c.entities.items():
+            for p in range(ec.num_partitions):
+                if (e, p) not in served and not ckpt.has_partition(e, p, nxt):
+                    self.disk.carry_over((e, p), it, meta)
+        self._commit_version(it, model, meta, epoch, last_of_epoch)
         ROLES["lock"].set_committed(nxt)
         # Every trainer's bucket and iteration records, then the totals (rank None) on the
         # coordinator's wall clock, from the iteration's start to its commit.
@@ -668,18 +635,13 @@ def serve_partitions(config: ConfigSchema, rank: Optional[int], seed: int = 0,
                           f"{c.num_partition_servers}), got {rank}")
     if not c.distributed_init_method:
         raise ConfigError("distributed_init_method: required (tcp://HOST:PORT of rank 0)")
-    ckpt = CheckpointManager(c.checkpoint_path)
-    dim = c.dimension
-    from ..io.files import load_entity_count
+    disk = CheckpointTier(c, CheckpointManager(c.checkpoint_path), seed)
 
     def lock(method, *args):
         return call(LOCK, "lock", method, *args, timeout=c.distributed_timeout)
 
     def loader(k: Key):
-        rows = load_entity_count(c.entity_path, k[0], k[1])
-        emb, state = empty_table(rows, dim), torch.empty(rows)
-        CheckpointTier(c, ckpt, seed).fill(k, emb, state, lock("status")["committed"], False)
-        return emb, state
+        return disk.load(k, lock("status")["committed"])
 
     total = c.num_epochs * len(c.edge_paths) * Trainer(c).num_edge_chunks()
     ROLES.clear()

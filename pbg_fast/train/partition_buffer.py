@@ -196,10 +196,27 @@ class CheckpointTier:
             state.zero_()
         return nbytes
 
+    def load(self, k: Key, version: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """k in new tensors, as `fill` reads it from the committed `version`."""
+        rows = load_entity_count(self.config.entity_path, *k)
+        emb, state = empty_table(rows, self.config.dimension), torch.empty(rows)
+        self.fill(k, emb, state, version, False)
+        return emb, state
+
     def save(self, k: Key, emb: torch.Tensor, state: torch.Tensor, version: int,
              meta: Dict[str, object], durable: bool) -> int:
         """Writes k as part of `version`; returns the bytes written."""
         return self.ckpt.save_partition(k[0], k[1], version, emb, state, meta, durable=durable)
+
+    def carry_over(self, k: Key, version: int, meta: Dict[str, object]) -> int:
+        """k, untouched in the iteration after committed `version`, goes into version + 1:
+        linked from `version` (a missing file fails, naming it) or, before any commit,
+        initialised (or taken from init_path) and written. Returns the bytes written."""
+        if version > 0:
+            self.ckpt.link_partition(k[0], k[1], version, version + 1)
+            return 0
+        emb, state = self.load(k, version)
+        return self.save(k, emb, state, version + 1, meta, durable=True)
 
     def sync(self, k: Key, version: int) -> None:
         """Makes a durable=False save of k durable."""
@@ -336,16 +353,10 @@ class PartitionBuffer:
         for k in sorted(self.counts):
             if k in self.written:
                 continue
-            e, p = k
-            if self.version > 0:  # (a missing file fails here, naming it)
-                self.ckpt.link_partition(e, p, self.version, nxt)
-            else:  # never trained nor saved yet: initialise it, alone, and write it
-                emb = empty_table(self.counts[k], self.config.dimension)
-                state = torch.empty(self.counts[k])
-                t0 = time.perf_counter()
-                self._fill(k, emb, state)
-                self.stats.bytes_written += self.tier.save(k, emb, state, nxt, self.meta,
-                                                           durable=True)
+            t0 = time.perf_counter()
+            written = self.tier.carry_over(k, self.version, self.meta)  # one at a time
+            if written:  # initialised and written (not linked)
+                self.stats.bytes_written += written
                 self.stats.io_seconds += time.perf_counter() - t0
                 self.stats.wait_seconds += time.perf_counter() - t0
                 self.stats.writes += 1
@@ -476,7 +487,6 @@ class PartitionBuffer:
         else:
             self.volatile.add(k)
         prev = r.ready
-        e, p = k
         emb, state, meta = r.emb, r.state, self.meta
 
         def task():

@@ -213,6 +213,21 @@ class Trainer:
         }
         return epoch, path_idx, chunk_idx, meta
 
+    def _commit_version(self, it: int, model: Model, meta, epoch: int,
+                        last_of_epoch: bool) -> None:
+        """With every partition of version it + 1 written: the model, config.json (with the
+        first commit), the epoch's preserved copy, then the commit itself."""
+        c, ckpt = self.config, self.ckpt
+        params, states = model.to_checkpoint()
+        ckpt.save_model(it + 1, params, states, meta)
+        if it == self._first_iteration:
+            ckpt.write_config(json.dumps(c.to_dict(), indent=4))
+        if (c.checkpoint_preservation_interval and last_of_epoch
+                and (epoch + 1) % c.checkpoint_preservation_interval == 0):
+            # Before the commit, so a kill in between retries it; named as PBG names it.
+            ckpt.snapshot(it + 1, epoch + 1)
+        ckpt.commit(it + 1)
+
     def _train(self) -> List[dict]:
         c = self.config
         ckpt = self.ckpt
@@ -280,16 +295,8 @@ class Trainer:
         before_commit = buffer.stats.wait_seconds
         buffer.finish_iteration()
         commit_wait = buffer.stats.wait_seconds - before_commit
-        params, states = model.to_checkpoint()
-        ckpt.save_model(it + 1, params, states, meta)
-        if it == self._first_iteration:
-            ckpt.write_config(json.dumps(c.to_dict(), indent=4))
-        last_of_epoch = path_idx == n_paths - 1 and chunk_idx == n_chunks - 1
-        if (c.checkpoint_preservation_interval and last_of_epoch
-                and (epoch + 1) % c.checkpoint_preservation_interval == 0):
-            # Before the commit, so a kill in between retries it; named as PBG names it.
-            ckpt.snapshot(it + 1, epoch + 1)
-        ckpt.commit(it + 1)
+        self._commit_version(it, model, meta, epoch,
+                             last_of_epoch=path_idx == n_paths - 1 and chunk_idx == n_chunks - 1)
         io = buffer.stats.since(io_start)
         rec = dict(kind="iteration", epoch=epoch, edge_path=path_idx, edge_chunk=chunk_idx,
                    loss=it_loss, count=it_count, train_seconds=it_train_s,
