@@ -252,6 +252,55 @@ def test_partition_server_refuses_stale_tokens():
     assert bool((s.get(("node", 1), 2)[0] == 1).all())
 
 
+def test_partition_server_commits_a_frozen_state_while_puts_go_on():
+    """freeze takes the iteration's end state by reference; a put before that partition is
+    written replaces its tensors (the commit still writes the frozen values), a put after it
+    writes in place again; preload and concurrent gets load each partition once."""
+    import threading
+
+    import torch
+
+    from pbg_fast.distributed.servers import PartitionServer
+    loads = []
+    gate = threading.Event()
+
+    def loader(k):
+        loads.append(k)
+        gate.wait(5)
+        return torch.full((3, 2), float(k[1])), torch.zeros(3)
+
+    s = PartitionServer(loader)
+    keys = [("node", 0), ("node", 1)]
+    s.preload(keys)
+    got = []
+    t = threading.Thread(target=lambda: got.append(s.get(("node", 1), 1)))
+    t.start()
+    gate.set()
+    t.join(5)
+    s.stop_preload()
+    assert sorted(loads) == keys and float(got[0][0][0, 0]) == 1.0  # one load each
+    s.get(("node", 0), 1)
+    assert s.freeze() == keys
+    with pytest.raises(RuntimeError):
+        s.freeze()  # one commit at a time
+    frozen0 = s.data[("node", 0)][0]
+    written = {}
+
+    def save(k, emb, state):
+        written[k] = emb.clone()
+        if k == ("node", 0):  # a trainer of the next iteration writes partition 1 meanwhile
+            s.put(("node", 1), 2, torch.full((3, 2), 9.0), torch.ones(3))
+        return emb.nbytes
+
+    assert s.write_frozen(save) == keys
+    assert float(written[("node", 0)][0, 0]) == 0.0
+    assert float(written[("node", 1)][0, 0]) == 1.0  # the frozen value, not the later put
+    assert float(s.get(("node", 1), 2)[0][0, 0]) == 9.0
+    s.put(("node", 0), 2, torch.full((3, 2), 4.0), torch.ones(3))
+    assert s.data[("node", 0)][0] is frozen0 and float(frozen0[0, 0]) == 4.0  # in place again
+    assert s.freeze() == keys  # the previous commit is written: the next may freeze
+
+
 def test_param_clients_add_up_their_changes():
     """Two trainers' clients on one shard: each pushes its own changes and ends with the sum,
     keeping changes made between a snapshot and the shard's answer."""

@@ -64,19 +64,29 @@ class StaleToken(RuntimeError):
 class PartitionServer:
     """Partitions in memory: key -> (embeddings, Adagrad state), with the newest fencing token
     seen for each partition index. A partition first asked for is loaded by `loader` (from the
-    committed checkpoint, or initialised). `validate(part, token)`, when given, asks the lock
-    server whether a writer's token is still current, so that a trainer whose lease expired
-    cannot write even before the partition's new holder has fetched it."""
+    committed checkpoint, or initialised), once, by whoever asks first (or by `preload`).
+    `validate(part, token)`, when given, asks the lock server whether a writer's token is still
+    current, so that a trainer whose lease expired cannot write even before the partition's new
+    holder has fetched it.
+
+    Commits overlap the next iteration: `freeze` takes the iteration's end state by reference
+    (no copy), `write_frozen` writes it while trainers go on; a put to a partition still frozen
+    replaces its tensors instead of writing into them, so at most the partitions put during the
+    write exist twice."""
 
     def __init__(self, loader: Callable[[Key], Tuple[torch.Tensor, torch.Tensor]],
                  validate: Optional[Callable[[int, int], bool]] = None):
         self.loader = loader
         self.validate = validate
         self.data: Dict[Key, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.frozen: Dict[Key, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.loading: Dict[Key, threading.Event] = {}
         self.tokens: Dict[int, int] = {}
         self.mutex = threading.Lock()
         self.bytes_in = 0
         self.bytes_out = 0
+        self._preload: Optional[threading.Thread] = None
+        self._preload_stop = threading.Event()
 
     def _fence(self, part: int, token: int) -> None:
         newest = self.tokens.get(part, 0)
@@ -85,14 +95,54 @@ class PartitionServer:
                              f"lock server gave it to another trainer)")
         self.tokens[part] = token
 
+    def _ensure(self, key: Key) -> None:
+        """key in memory: loaded here (outside the mutex: the loader may itself make calls),
+        or waited for when another thread loads it."""
+        while True:
+            with self.mutex:
+                if key in self.data:
+                    return
+                ev = self.loading.get(key)
+                mine = ev is None
+                if mine:
+                    ev = self.loading[key] = threading.Event()
+            if not mine:
+                ev.wait()  # then look again (a failed load is retried here, and raises here)
+                continue
+            try:
+                loaded = self.loader(key)
+                with self.mutex:
+                    self.data.setdefault(key, loaded)
+                return
+            finally:
+                with self.mutex:
+                    del self.loading[key]
+                ev.set()
+
+    def preload(self, keys: List[Key]) -> None:
+        """Loads `keys` on a background thread (the first iteration's loads, off the trainers'
+        path); a failure is left for the trainer's own get to meet and report."""
+        def run():
+            for k in keys:
+                if self._preload_stop.is_set():
+                    return
+                try:
+                    self._ensure(k)
+                except Exception:  # noqa: BLE001 - get() retries and raises it
+                    return
+        self._preload = threading.Thread(target=run, name="pbg_fast-preload", daemon=True)
+        self._preload.start()
+
+    def stop_preload(self) -> None:
+        if self._preload is not None:
+            self._preload_stop.set()
+            self._preload.join()
+            self._preload = None
+
     def get(self, key: Key, token: int) -> Tuple[torch.Tensor, torch.Tensor]:
         with self.mutex:
             self._fence(key[1], token)
-            have = key in self.data
-        if not have:  # loaded outside the mutex: the loader may itself make calls
-            loaded = self.loader(key)
-            with self.mutex:
-                self.data.setdefault(key, loaded)
+        self._ensure(key)
         with self.mutex:
             emb, state = self.data[key]
             self.bytes_out += emb.nbytes + state.nbytes
@@ -105,10 +155,11 @@ class PartitionServer:
         with self.mutex:
             self._fence(key[1], token)
             cur = self.data.get(key)
-            if cur is not None and cur[0].shape == emb.shape:
+            if (cur is not None and cur[0].shape == emb.shape
+                    and self.frozen.get(key) is not cur):
                 cur[0].copy_(emb)
                 cur[1].copy_(state)
-            else:
+            else:  # new, or frozen for the commit being written: new tensors
                 self.data[key] = (emb.clone(), state.clone())
             self.bytes_in += emb.nbytes + state.nbytes
             return emb.nbytes + state.nbytes
@@ -117,13 +168,28 @@ class PartitionServer:
         with self.mutex:
             return sorted(self.data)
 
-    def save_all(self, save: Callable[[Key, torch.Tensor, torch.Tensor], int]) -> List[Key]:
-        """Writes every partition held (at the iteration's end, when no trainer holds any);
-        returns their keys."""
+    def freeze(self) -> List[Key]:
+        """The state to commit (at an iteration's end, when no trainer holds any partition):
+        every partition held, by reference; returns their keys."""
         with self.mutex:
-            for k in sorted(self.data):
-                save(k, *self.data[k])
-            return sorted(self.data)
+            if self.frozen:
+                raise RuntimeError(f"{SELF['name']}: the previous commit's partitions are "
+                                   f"still being written")
+            self.frozen = dict(self.data)
+            return sorted(self.frozen)
+
+    def write_frozen(self, save: Callable[[Key, torch.Tensor, torch.Tensor], int]) -> List[Key]:
+        """Writes what `freeze` took, one partition at a time while gets and puts go on;
+        returns the keys written."""
+        with self.mutex:
+            keys = sorted(self.frozen)
+        for k in keys:
+            with self.mutex:
+                emb, state = self.frozen[k]
+            save(k, emb, state)
+            with self.mutex:
+                del self.frozen[k]
+        return keys
 
     def traffic(self) -> Tuple[int, int]:
         with self.mutex:

@@ -269,13 +269,17 @@ class DistributedTrainer(Trainer):
         if self.rank == 0:
             ROLES["lock"] = LockServer(c.side_partitions("lhs"), c.side_partitions("rhs"),
                                        c.distributed_lease)
-        self.server_version = self.ckpt.load_version()
+        self._commit_thread: Optional[threading.Thread] = None
+        self._commit_error: Optional[BaseException] = None
+        self._commit_records: List[dict] = []
         init_rpc(c, trainer_name(self.rank), self.rank, self.init_method, self.bind_address)
         try:
             out = self._run()
             self._leave()
             return out
         finally:
+            if "parts" in ROLES:
+                ROLES["parts"].stop_preload()
             self._stop_heartbeat()
             # Never graceful: that is a barrier of every worker, which a dead one would hang.
             # _leave has made sure that nobody needs this process any more.
@@ -301,7 +305,10 @@ class DistributedTrainer(Trainer):
         return self._lock("check_token", part, token)
 
     def _load_for_server(self, k: Key) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.disk.load(k, self.server_version)
+        # A partition no server holds yet is untouched since the run (re)started: every
+        # committed version since has the same copy of it (linked), so the newest one serves,
+        # even while the previous iteration's commit is still being written.
+        return self.disk.load(k, self._lock("status")["committed"])
 
     def _lock(self, method: str, *args, timeout: Optional[float] = None):
         return call(LOCK, "lock", method, *args,
@@ -398,8 +405,13 @@ class DistributedTrainer(Trainer):
                 else:
                     self._wait_for(lambda: self._lock("status")["iteration"],
                                    lambda v: v >= it, f"rank 0 to open iteration {it}")
-                self.server_version = it
                 buffer.start_iteration(it, [], meta)
+                if it == first and "parts" in ROLES:  # this trainer's partitions, ahead
+                    names = server_names(c)
+                    ROLES["parts"].preload(
+                        [(e, p) for e in sorted(self.partitioned)
+                         for p in range(c.entities[e].num_partitions)
+                         if names[p % len(names)] == trainer_name(self.rank)])
                 if not shared_registered:
                     self._register_shared(params, model, buffer)
                     shared_registered = True
@@ -426,13 +438,20 @@ class DistributedTrainer(Trainer):
                 rec["edges_per_s"] = rec["count"] / max(rec["train_seconds"], 1e-9)
                 self._lock("finish_iteration", self.rank, it, [rec])
                 if self.rank == 0:
-                    rec = self._commit(it, buffer, model, params, meta, t_iter, epoch,
-                                       path_idx == n_paths - 1 and chunk_idx == n_chunks - 1)
+                    self._end_iteration(it, buffer, model, params, meta, t_iter, epoch,
+                                        path_idx == n_paths - 1 and chunk_idx == n_chunks - 1,
+                                        last=it == total_iters - 1)
+                    continue
                 if self.progress:
                     self.progress(rec)
                 records.append(rec)
+            if self.rank == 0:
+                self._join_commit()
+                records = self._commit_records
         finally:
             params.halt()  # no thread may call a peer once RPC shuts down
+            if self._commit_thread is not None:  # a failure elsewhere: let it end first
+                self._commit_thread.join()
             buffer.close()
         return records
 
@@ -555,55 +574,95 @@ class DistributedTrainer(Trainer):
                 self.progress(rec)
             trained, record = (lp, rp), rec
 
-    def _commit(self, it: int, buffer: PartitionBuffer, model: Model, params: ParamClient,
-                meta, t_iter: float, epoch: int, last_of_epoch: bool) -> dict:
-        """Rank 0, once every live trainer finished iteration it: version it + 1 written whole
-        (partitions from the servers or already on disk, untouched ones linked), then the model
-        and unpartitioned tables from the parameter shards, then the commit."""
-        c, ckpt = self.config, self.ckpt
+    def _end_iteration(self, it: int, buffer: PartitionBuffer, model: Model,
+                       params: ParamClient, meta, t_iter: float, epoch: int,
+                       last_of_epoch: bool, last: bool) -> None:
+        """Rank 0, once every live trainer finished iteration it: takes the state that becomes
+        version it + 1 (the servers freeze their partitions by reference; the model and the
+        unpartitioned tables are copied, both small), then commits it, on a background thread
+        while the next iteration trains, when partitions live on servers. Through the shared
+        disk (where the next iteration reads this one's files) and after the last iteration,
+        the commit is done before going on. One commit at a time, in order."""
+        c = self.config
         self._wait_for(lambda: ROLES["lock"].all_finished(it), bool,
                        f"every trainer to finish iteration {it}")
         params.sync()  # the other trainers' last pushes
+        self._join_commit()
+        servers = server_names(c) if c.num_partition_servers != 0 else []
+        for n in servers:
+            call(n, "parts", "freeze", timeout=c.distributed_timeout)
+        tables = {e: tuple(t.clone() for t in buffer.get(e, 0))
+                  for e in c.entities if e not in self.partitioned}
+        mparams, mstates = model.to_checkpoint()
+        snapshot = ({k: (name, t.clone()) for k, (name, t) in mparams.items()},
+                    {k: t.clone() for k, t in mstates.items()})
+        args = (it, servers, tables, snapshot, meta, t_iter, epoch, last_of_epoch)
+        if last or not servers:
+            self._commit(*args, t_open=None)
+            return
+
+        def run():
+            try:
+                self._commit(*args, t_open=time.perf_counter())
+            except BaseException as e:  # noqa: BLE001 - raised by _join_commit
+                self._commit_error = e
+
+        self._commit_thread = threading.Thread(target=run, name="pbg_fast-commit", daemon=True)
+        self._commit_thread.start()
+
+    def _join_commit(self) -> None:
+        if self._commit_thread is not None:
+            self._commit_thread.join()
+            self._commit_thread = None
+        if self._commit_error is not None:
+            raise self._commit_error
+
+    def _commit(self, it: int, servers: List[str], tables, snapshot, meta, t_iter: float,
+                epoch: int, last_of_epoch: bool, t_open: Optional[float]) -> None:
+        """Version it + 1 written whole (the servers' frozen partitions, or the trainers' writes
+        on the shared disk, untouched ones linked), then the model and unpartitioned tables as
+        of the iteration's end, then the commit, then the iteration's stats."""
+        c, ckpt = self.config, self.ckpt
+        t_commit = time.perf_counter()
         nxt = it + 1
         served = set()
-        if c.num_partition_servers != 0:
-            servers = server_names(c)
-            futs = [rpc.rpc_async(n, _save_server_partitions, args=(nxt, meta),
-                                  timeout=c.distributed_timeout) for n in servers]
-            for n, f in zip(servers, futs):
-                try:
-                    keys = f.wait()
-                except RuntimeError as e:
-                    raise DistributedError(f"{n}: could not write its partitions of version "
-                                           f"{nxt}: {str(e).splitlines()[0]}") from None
-                for e, p in keys:
-                    if not ckpt.has_partition(e, p, nxt):
-                        raise DistributedError(
-                            f"checkpoint_path: {n} wrote {ckpt.embeddings_file(e, p, nxt)} but "
-                            f"rank 0 does not see it: checkpoint_path must be one directory "
-                            f"shared by every machine")
-                    served.add((e, p))
-        for e in c.entities:
-            if e not in self.partitioned:
-                emb, state = buffer.get(e, 0)
-                ckpt.save_partition(e, 0, nxt, emb, state, meta)
+        futs = [rpc.rpc_async(n, _write_server_partitions, args=(nxt, meta),
+                              timeout=c.distributed_timeout) for n in servers]
+        for n, f in zip(servers, futs):
+            try:
+                keys = f.wait()
+            except RuntimeError as e:
+                raise DistributedError(f"{n}: could not write its partitions of version "
+                                       f"{nxt}: {str(e).splitlines()[0]}") from None
+            for e, p in keys:
+                if not ckpt.has_partition(e, p, nxt):
+                    raise DistributedError(
+                        f"checkpoint_path: {n} wrote {ckpt.embeddings_file(e, p, nxt)} but "
+                        f"rank 0 does not see it: checkpoint_path must be one directory "
+                        f"shared by every machine")
+                served.add((e, p))
+        for e, (emb, state) in tables.items():
+            ckpt.save_partition(e, 0, nxt, emb, state, meta)
         for e, ec in c.entities.items():
             for p in range(ec.num_partitions):
                 if (e, p) not in served and not ckpt.has_partition(e, p, nxt):
                     self.disk.carry_over((e, p), it, meta)
-        self._commit_version(it, model, meta, epoch, last_of_epoch)
+        self._commit_version(it, None, meta, epoch, last_of_epoch, snapshot=snapshot)
         ROLES["lock"].set_committed(nxt)
         # Every trainer's bucket and iteration records, then the totals (rank None) on the
-        # coordinator's wall clock, from the iteration's start to its commit.
+        # coordinator's wall clock: from the iteration's start to the next one's opening (its
+        # commit overlaps that one), or to its commit.
+        done = time.perf_counter()
         taken = ROLES["lock"].take_records(it)
         ranks = [r for r in taken if r["kind"] == "iteration"]
         buckets = [r for r in taken if r["kind"] == "bucket"]
-        seconds = time.perf_counter() - t_iter
+        seconds = (t_open if t_open is not None else done) - t_iter
         total = dict(kind="iteration", rank=None, ranks=len(ranks), epoch=ranks[0]["epoch"],
                      edge_path=ranks[0]["edge_path"], edge_chunk=ranks[0]["edge_chunk"],
                      count=sum(b["count"] for b in buckets), loss=sum(b["loss"] for b in buckets),
                      buckets=len(buckets), seconds=seconds,
-                     train_seconds=sum(b["seconds"] for b in buckets))
+                     train_seconds=sum(b["seconds"] for b in buckets),
+                     commit_seconds=done - t_commit, commit_overlapped=t_open is not None)
         total["wall_edges_per_s"] = total["count"] / max(seconds, 1e-9)
         total["edges_per_s"] = total["count"] / max(total["train_seconds"], 1e-9)
         for k in ("partition_loads", "partition_writes", "bytes_read", "bytes_written",
@@ -611,15 +670,17 @@ class DistributedTrainer(Trainer):
                   "param_seconds", "idle_seconds"):
             total[k] = sum(r[k] for r in ranks)
         ckpt.append_stats(buckets + ranks + [total])
-        return total
+        self._commit_records.append(total)
+        if self.progress:
+            self.progress(total)
 
 
-def _save_server_partitions(version: int, meta) -> int:
-    """On each trainer: its partition server's partitions, written into `version`."""
-    server = ROLES["parts"]
+def _write_server_partitions(version: int, meta) -> List[Key]:
+    """On each partition server: the partitions it froze at the iteration's end, written into
+    `version` of the shared checkpoint_path."""
     ckpt = CheckpointManager(ROLES["parts_ckpt"])
-    return server.save_all(lambda k, emb, state: ckpt.save_partition(k[0], k[1], version, emb,
-                                                                     state, meta))
+    return ROLES["parts"].write_frozen(
+        lambda k, emb, state: ckpt.save_partition(k[0], k[1], version, emb, state, meta))
 
 
 def serve_partitions(config: ConfigSchema, rank: Optional[int], seed: int = 0,
@@ -652,10 +713,21 @@ def serve_partitions(config: ConfigSchema, rank: Optional[int], seed: int = 0,
     init_rpc(c, f"partserver{rank}", c.num_machines + rank, c.distributed_init_method,
              bind_address)
     try:
-        while lock("status")["committed"] < total:
-            time.sleep(0.5)
+        preloaded = False
+        while True:
+            st = lock("status")
+            if st["committed"] >= total:
+                break
+            if not preloaded and st["iteration"] >= 0:  # the committed version is known
+                preloaded = True
+                server.preload([(e, p) for e in sorted(c.entities)
+                                if c.entities[e].num_partitions > 1
+                                for p in range(rank, c.entities[e].num_partitions,
+                                               c.num_partition_servers)])
+            time.sleep(0.05 if not preloaded else 0.5)
         lock("leave", c.num_machines + rank)
     finally:
+        server.stop_preload()
         rpc.shutdown(graceful=False)
         ROLES.clear()
     return sum(server.traffic())

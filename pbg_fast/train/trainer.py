@@ -213,12 +213,13 @@ class Trainer:
         }
         return epoch, path_idx, chunk_idx, meta
 
-    def _commit_version(self, it: int, model: Model, meta, epoch: int,
-                        last_of_epoch: bool) -> None:
-        """With every partition of version it + 1 written: the model, config.json (with the
-        first commit), the epoch's preserved copy, then the commit itself."""
+    def _commit_version(self, it: int, model: Optional[Model], meta, epoch: int,
+                        last_of_epoch: bool, snapshot=None) -> None:
+        """With every partition of version it + 1 written: the model (or `snapshot`, its
+        to_checkpoint() taken earlier), config.json (with the first commit), the epoch's
+        preserved copy, then the commit itself."""
         c, ckpt = self.config, self.ckpt
-        params, states = model.to_checkpoint()
+        params, states = snapshot if snapshot is not None else model.to_checkpoint()
         ckpt.save_model(it + 1, params, states, meta)
         if it == self._first_iteration:
             ckpt.write_config(json.dumps(c.to_dict(), indent=4))
