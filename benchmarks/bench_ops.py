@@ -9,7 +9,9 @@ an fp32 torch.mm measured in the same run.
 """
 
 import math
+import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -54,11 +56,64 @@ def chunk_step_case(n, d, batch, chunk, uniform, comparator, operator, loss, see
     )
 
 
+# The chunk step's products at D=100, chunks of 50, 50 in-chunk + 50 uniform negatives:
+# (name, m, n, k, trans_a, trans_b), row-major C[m,n] = op(A) op(B).
+GEMM_SHAPES = [
+    ("scores  S = Q N^T", 50, 100, 100, False, True),
+    ("grad_q  gQ = G N", 50, 100, 100, False, False),
+    ("grad_n  gN = G^T Q", 100, 100, 50, True, False),
+    ("uniform S = Q U^T", 50, 50, 100, False, True),
+    ("linear  Y = X M^T", 1000, 100, 100, False, True),
+    ("linear  gM = gY^T X", 100, 100, 1000, True, False),
+]
+
+
+def gemm_kernels(quick):
+    """Our per-ISA GEMM micro-kernels against torch's BLAS (the same op, `isa` 'blas') on the
+    chunk step's shapes, one core, the product repeated inside the op (no per-call dispatch
+    cost), interleaved rounds; and each as a fraction of the single-core fp32 FMA peak measured
+    by a register-only loop of the best ISA in the same run."""
+    import pbg_fast
+    torch.set_num_threads(1)
+    best = pbg_fast._C.native_build_info()["gemm_isa_best"]
+    isas = ["blas"] + [i for i in ("avx2", "avx512") if i == best or (i, best) == ("avx2", "avx512")]
+    peak_isa = best if best != "blas" else None
+    peak = 0.0
+    if peak_isa:
+        torch.ops.pbg_fast.fma_peak(peak_isa, 1_000_000)
+        peak = max(torch.ops.pbg_fast.fma_peak(peak_isa, 20_000_000) for _ in range(3)) / 1e9
+    emit(dict(what="fp32_single_core_peak", isa=peak_isa, gflops=peak))
+    g = torch.Generator().manual_seed(0)
+    for name, m, n, k, ta, tb in GEMM_SHAPES:
+        a = torch.randn((k, m) if ta else (m, k), generator=g)
+        b = torch.randn((n, k) if tb else (k, n), generator=g)
+        c = torch.zeros(m, n)
+        flops = 2 * m * n * k
+        reps = max(int(2e8 / flops), 1) // (4 if quick else 1)
+        best_s = {i: float("inf") for i in isas}
+        for _ in range(3 if quick else 7):
+            for isa in isas:
+                t0 = time.perf_counter()
+                torch.ops.pbg_fast.gemm_(c, a, b, ta, tb, 1.0, 0.0, isa, reps)
+                best_s[isa] = min(best_s[isa], (time.perf_counter() - t0) / reps)
+        rec = dict(what="gemm_kernel", shape=name, m=m, n=n, k=k, trans_a=ta, trans_b=tb)
+        for isa in isas:
+            gf = flops / best_s[isa] / 1e9
+            rec[f"{isa}_gflops"] = gf
+            rec[f"{isa}_fraction_of_peak"] = gf / peak if peak else None
+            if isa != "blas":
+                rec[f"{isa}_vs_blas"] = best_s["blas"] / best_s[isa]
+        emit(rec)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+
 def main():
     quick = quick_flag()
     secs = 1.0 if quick else 6.0
     peak = gemm_peak_gflops(0.5 if quick else 2.0)
     emit(dict(what="fp32_gemm_peak", gflops=peak, threads=torch.get_num_threads()))
+
+    gemm_kernels(quick)
 
     # The headline: the fused chunk step.
     n, d, batch, chunk, uni = 100_000, 100, 1000, 50, 50

@@ -80,9 +80,10 @@ print(json.dumps(dict(recs=recs, wall=wall, peak_rss_mb=int(hwm) / 1024)))
 """
 
 
-def run_training(cfg: dict) -> dict:
-    code = RUNNER.format(root=str(ROOT), cfg=json.dumps(cfg))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+def run_training(cfg: dict, env: dict = None, root: str = None) -> dict:
+    code = RUNNER.format(root=root or str(ROOT), cfg=json.dumps(cfg))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, **(env or {})))
     if out.returncode:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -126,12 +127,67 @@ def reference_hogwild(nodes: int, dim: int, lhs, rhs, batch: int, negs_batch: in
     return sum(done) / (time.perf_counter() - t0)
 
 
+def kernel_sweep(a, work: Path, nodes: int, edges: int, base: dict) -> None:
+    """bench_train's P=1 run once per fp32 GEMM kernel this CPU runs (torch's BLAS and ours,
+    forced through PBG_FAST_ISA), in interleaved rounds; medians, and each against BLAS."""
+    import statistics
+
+    import pbg_fast
+    best = pbg_fast._C.native_build_info()["gemm_isa_best"]
+    isas = ["blas", "avx2", "avx512"][:["blas", "avx2", "avx512"].index(best) + 1]
+    ent, ed = make_graph(work, nodes, edges, 1)
+    got = {i: [] for i in isas}
+    for _ in range(a.rounds):
+        for isa in isas:
+            out = run_training(config(ent, ed, str(work / f"ck_{isa}"), 1),
+                               env={"PBG_FAST_ISA": isa})
+            import shutil
+            shutil.rmtree(work / f"ck_{isa}", ignore_errors=True)
+            got[isa].append(out["recs"][-1]["edges_per_s"])
+    med = {i: statistics.median(v) for i, v in got.items()}
+    for isa in isas:
+        emit(dict(what="train_gemm_kernel", config=dict(base, partitions=1), gemm_isa=isa,
+                  edges_per_s=med[isa], runs=got[isa], vs_blas=med[isa] / med["blas"]))
+
+
+def build_sweep(a, work: Path, nodes: int, edges: int, base: dict) -> None:
+    """bench_train's P=1 run once per build folder (its pbg_fast/ first on sys.path), in
+    interleaved rounds; medians, each against the first build."""
+    import shutil
+    import statistics
+    roots = [str(Path(r).resolve()) for r in a.builds.split(",")]
+    ent, ed = make_graph(work, nodes, edges, 1)
+    got = {r: [] for r in roots}
+    info = {}
+    for _ in range(a.rounds):
+        for r in roots:
+            out = run_training(config(ent, ed, str(work / "ck_build"), 1), root=r)
+            shutil.rmtree(work / "ck_build", ignore_errors=True)
+            got[r].append(out["recs"][-1]["edges_per_s"])
+            probe = subprocess.run(
+                [sys.executable, "-c", "import sys, json; sys.path.insert(0, sys.argv[1]); "
+                 "import pbg_fast; print(json.dumps(pbg_fast.build_info()))", r],
+                capture_output=True, text=True)
+            info[r] = json.loads(probe.stdout.strip().splitlines()[-1])
+    med = {r: statistics.median(v) for r, v in got.items()}
+    for r in roots:
+        emit(dict(what="train_build", config=dict(base, partitions=1), build=r,
+                  compiled_isa=info[r]["compiled_isa"], gemm_isa=info[r]["gemm_isa"],
+                  edges_per_s=med[r], runs=got[r], vs_first=med[r] / med[roots[0]]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--nodes", type=int, default=None)
     ap.add_argument("--edges", type=int, default=None)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--kernels", action="store_true",
+                    help="only P=1, once per GEMM kernel (PBG_FAST_ISA), interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--builds", default=None,
+                    help="only P=1, once per build: comma-separated folders each holding a "
+                         "built pbg_fast/ (e.g. a portable and a -march=native copy)")
     a = ap.parse_args()
     nodes = a.nodes or (100_000 if a.quick else 1_000_000)
     edges = a.edges or (1_000_000 if a.quick else 10_000_000)
@@ -139,6 +195,10 @@ def main():
     base = dict(nodes=nodes, edges=edges, dim=100, comparator="dot", loss="softmax",
                 batch=1000, workers=2)
 
+    if a.kernels:
+        return kernel_sweep(a, work, nodes, edges, base)
+    if a.builds:
+        return build_sweep(a, work, nodes, edges, base)
     graphs = {p: make_graph(work, nodes, edges, p) for p in (1, 4, 8)}
     # Baseline first (same graph, same step, plain PyTorch).
     rng = np.random.default_rng(1)

@@ -42,9 +42,12 @@ PyObject* native_build_info(PyObject*, PyObject*) {
 #else
   const bool cuda = false;
 #endif
-  return Py_BuildValue("{s:s,s:s,s:s,s:O,s:O}", "cpu_isa", cpu_isa(), "compiled_isa",
-                       compiled_isa(), "blas", pbg::cpu::blas_name(), "openmp",
-                       openmp ? Py_True : Py_False, "cuda", cuda ? Py_True : Py_False);
+  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:O,s:O}", "cpu_isa", cpu_isa(), "compiled_isa",
+                       compiled_isa(), "gemm_isa",
+                       pbg::cpu::gemm_isa_name(pbg::cpu::gemm_isa()), "gemm_isa_best",
+                       pbg::cpu::gemm_isa_name(pbg::cpu::best_gemm_isa()), "blas",
+                       pbg::cpu::blas_name(), "openmp", openmp ? Py_True : Py_False, "cuda",
+                       cuda ? Py_True : Py_False);
 }
 
 PyMethodDef methods[] = {

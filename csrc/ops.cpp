@@ -23,6 +23,10 @@ TORCH_LIBRARY(pbg_fast, m) {
       "row_adagrad_(Tensor(a!) weight, Tensor(b!) state, Tensor indices, Tensor grad, float lr, "
       "float eps) -> ()");
   m.def(
+      "gemm_(Tensor(a!) c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, "
+      "float beta, str isa, int reps=1) -> ()");
+  m.def("fma_peak(str isa, int iters) -> float");
+  m.def(
       "chunk_step(Tensor src_emb, Tensor dst_emb, Tensor src_idx, Tensor dst_idx, Tensor rel, "
       "Tensor op_params, Tensor src_uniform, Tensor dst_uniform, Tensor? weight, Tensor? src_global, "
       "Tensor? dst_global, int chunk_size, str src_mode, str dst_mode, str comparator, "

@@ -6,6 +6,11 @@ import torch
 
 __version__ = "0.1.0"
 
+_ISAS = ("blas", "avx2", "avx512")
+if os.environ.get("PBG_FAST_ISA", "") not in ("",) + _ISAS:
+    raise ImportError(f"PBG_FAST_ISA: unknown {os.environ['PBG_FAST_ISA']!r}; expected one of "
+                      f"{', '.join(_ISAS)} (the fp32 GEMM kernel; unset: the best this CPU runs)")
+
 _EXT_ERROR = None
 try:
     from . import _C  # noqa: F401  (registers torch.ops.pbg_fast.*)
@@ -30,6 +35,7 @@ def build_info() -> dict:
         "cuda_ext": False,
         "isa": None,
         "compiled_isa": None,
+        "gemm_isa": None,
         "blas": None,
         "openmp": False,
         "threads": torch.get_num_threads(),
@@ -39,6 +45,7 @@ def build_info() -> dict:
         info.update(
             isa=native["cpu_isa"],
             compiled_isa=native["compiled_isa"],
+            gemm_isa=native["gemm_isa"],
             blas=native["blas"],
             openmp=native["openmp"],
             cuda_ext=bool(native.get("cuda", False)),

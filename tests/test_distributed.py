@@ -248,9 +248,14 @@ def test_a_dead_server_stops_every_rank_and_the_same_command_resumes(graphs, tmp
     ck = CheckpointManager(str(tmp_path / "ckpt"))
     before = ck.load_version()
     assert 1 <= before < EPOCHS
-    leftovers = [f.name for f in Path(tmp_path / "ckpt").iterdir()
-                 if f.name.endswith(".tmp") or f".v{before}." not in f.name and ".v" in f.name]
-    assert not leftovers or victim == 0  # rank 0 killed: its pending files stay until restart
+    # Anything besides version `before` is an uncommitted version's file, or a write cut by
+    # the kill (a commit overlaps the next iteration, on either rank's partition server): the
+    # restart below removes them all. Nothing committed is touched.
+    import re
+    for f in Path(tmp_path / "ckpt").iterdir():
+        m = re.search(r"\.v(\d+)\.", f.name)
+        assert m is None or int(m.group(1)) >= before, f.name
+    assert ck.load_version() == before
     # The same command again, on both machines.
     for rc, so, se in finish(launch(path, 2)):
         assert rc == 0, se[-3000:]

@@ -1,6 +1,9 @@
 #include "blas.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 extern "C" {
 // Fortran BLAS, column-major. Weak: null when the torch build does not export them.
@@ -16,6 +19,83 @@ int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 
 namespace pbg {
 namespace cpu {
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PBG_HAVE_OWN_GEMM 1
+// gemm_avx2.cpp, gemm_avx512.cpp: `work` holds k * 2 vectors of floats.
+void gemm_avx2(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+               float* work);
+float fma_peak_avx2(int64_t iters);
+float fma_peak_avx512(int64_t iters);
+void gemm_avx512(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+                 float* work);
+#endif
+
+namespace {
+
+GemmIsa detect_isa() {
+#ifdef PBG_HAVE_OWN_GEMM
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    return GemmIsa::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return GemmIsa::Avx2;
+#endif
+  return GemmIsa::Blas;
+}
+
+// Chosen once, at load: the best kernel this CPU runs, or a lower one named by PBG_FAST_ISA
+// (blas, avx2, avx512; a higher one than the CPU has is lowered to what it has; pbg_fast's
+// import refuses an unknown name).
+GemmIsa choose_isa() {
+  const GemmIsa best = detect_isa();
+  GemmIsa want = best;
+  if (const char* env = std::getenv("PBG_FAST_ISA")) parse_gemm_isa(env, &want);
+  return static_cast<int>(want) < static_cast<int>(best) ? want : best;
+}
+
+const GemmIsa g_best = detect_isa();
+const GemmIsa g_chosen = choose_isa();
+
+}  // namespace
+
+bool parse_gemm_isa(const char* name, GemmIsa* out) {
+  if (std::strcmp(name, "blas") == 0) *out = GemmIsa::Blas;
+  else if (std::strcmp(name, "avx2") == 0) *out = GemmIsa::Avx2;
+  else if (std::strcmp(name, "avx512") == 0) *out = GemmIsa::Avx512;
+  else return false;
+  return true;
+}
+
+const char* gemm_isa_name(GemmIsa isa) {
+  switch (isa) {
+    case GemmIsa::Avx512: return "avx512";
+    case GemmIsa::Avx2: return "avx2";
+    default: return "blas";
+  }
+}
+
+GemmIsa best_gemm_isa() { return g_best; }
+
+double fma_peak_loop(GemmIsa isa, int64_t iters) {
+#ifdef PBG_HAVE_OWN_GEMM
+  volatile float sink = 0.f;  // keeps the loop
+  if (isa == GemmIsa::Avx512 && g_best == GemmIsa::Avx512) {
+    sink = fma_peak_avx512(iters);
+    return 16.0 + 0.0 * sink;
+  }
+  if (isa == GemmIsa::Avx2 && static_cast<int>(g_best) >= 1) {
+    sink = fma_peak_avx2(iters);
+    return 8.0 + 0.0 * sink;
+  }
+#endif
+  (void)isa;
+  (void)iters;
+  return 0.0;
+}
+GemmIsa gemm_isa() { return g_chosen; }
 
 bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
@@ -79,14 +159,41 @@ bool degenerate(int64_t m, int64_t n, int64_t k, T beta, T* c, int64_t ldc) {
 
 }  // namespace
 
-void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+void gemm_with(GemmIsa isa, Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc) {
   if (degenerate(m, n, k, beta, c, ldc)) return;
+#ifdef PBG_HAVE_OWN_GEMM
+  // Our kernels keep a k x 2-vector panel of B in L1/L2 and stream A once per panel: the
+  // chunk step's sizes (k = D or a chunk, a few hundred at most). Bigger products go to BLAS.
+  if (isa != GemmIsa::Blas && k <= 1024 && m * k <= (int64_t(1) << 18)) {
+    thread_local std::vector<float> work;
+    const size_t need = static_cast<size_t>(k) * 32;
+    if (work.size() < need) work.resize(need);
+    if (isa == GemmIsa::Avx512 && g_best == GemmIsa::Avx512) {
+      gemm_avx512(ta == Trans::T, tb == Trans::T, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                  work.data());
+      return;
+    }
+    if (static_cast<int>(g_best) >= static_cast<int>(GemmIsa::Avx2)) {
+      gemm_avx2(ta == Trans::T, tb == Trans::T, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                work.data());
+      return;
+    }
+  }
+#else
+  (void)isa;
+#endif
   if (sgemm_ != nullptr) {
     call_fortran(sgemm_, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   } else {
     portable_gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
+}
+
+void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  gemm_with(g_chosen, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,

@@ -1,6 +1,9 @@
 // Row-major GEMM for the CPU kernels: C[M,N] = alpha * op(A) op(B) + beta * C.
 //
-// It calls the Fortran BLAS that the torch wheel links into libtorch_cpu (MKL on x86-64:
+// fp32 products of the chunk step's sizes run on our register-blocked kernels (gemm_kernel.h),
+// compiled for AVX2+FMA and for AVX-512 in every build and chosen once at load from what the
+// CPU reports (PBG_FAST_ISA=blas|avx2 forces a lower one). Everything else (fp64, big products,
+// non-x86 CPUs) calls the Fortran BLAS that the torch wheel links into libtorch_cpu (MKL on x86-64:
 // ~12 us for a 50x100x100 sgemm on one core here, with its own run-time ISA dispatch). The
 // symbols are weak, so where a torch build does not export them we fall back to a portable
 // loop nest, and build_info() says which one is in use.
@@ -13,6 +16,20 @@ namespace cpu {
 
 enum class Trans : char { N = 'N', T = 'T' };
 
+// Which fp32 GEMM kernel runs: torch's BLAS, or ours for an ISA. Ordered: a lower one runs
+// on any CPU that runs a higher one.
+enum class GemmIsa : int { Blas = 0, Avx2 = 1, Avx512 = 2 };
+GemmIsa best_gemm_isa();  // the best this CPU (and this build) runs
+GemmIsa gemm_isa();       // the one chosen at load (best, or lower by PBG_FAST_ISA)
+const char* gemm_isa_name(GemmIsa isa);
+bool parse_gemm_isa(const char* name, GemmIsa* out);  // false on an unknown name
+
+// fp32 GEMM on a given kernel (tests and benchmarks compare them; one the CPU lacks runs the
+// best it has below it).
+void gemm_with(GemmIsa isa, Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha,
+               const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+               int64_t ldc);
+
 // True when an optimised BLAS (sgemm_/dgemm_) was found at load time.
 bool have_blas();
 // Name of the GEMM provider, for build_info().
@@ -22,6 +39,10 @@ void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, cons
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a,
           int64_t lda, const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+
+// A register-only FMA loop of `iters` rounds x 10 vectors on `isa` (avx2 or avx512; the CPU
+// must have it): returns the lanes per vector (the flops are lanes * 2 * 10 * iters).
+double fma_peak_loop(GemmIsa isa, int64_t iters);
 
 // Makes BLAS single-threaded in the calling thread (HOGWILD workers and parallel_for bodies
 // must not fan out again). Cheap; safe to call repeatedly.

@@ -1,0 +1,55 @@
+// The chunk-step GEMM for AVX2 + FMA (Haswell, Zen 1-3 and later), compiled for that ISA
+// whatever the build's -march: chosen at run time (blas.cpp) only on a CPU that reports it.
+// 6 x 16 tiles: 12 ymm accumulators, 2 for B, 1 broadcast.
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PBG_HAVE_AVX2_GEMM 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include <immintrin.h>
+
+namespace {
+
+struct Avx2 {
+  using vec = __m256;
+  static constexpr int L = 8;
+  static constexpr int MR = 6;
+  static inline vec zero() { return _mm256_setzero_ps(); }
+  static inline vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static inline vec bcast(float x) { return _mm256_set1_ps(x); }
+  static inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline void store_cols(float* p, vec v, int64_t cols, float alpha, float beta) {
+    v = _mm256_mul_ps(v, _mm256_set1_ps(alpha));
+    if (cols >= 8) {
+      if (beta != 0.f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(p), v);
+      _mm256_storeu_ps(p, v);
+      return;
+    }
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(cols)), lane);
+    if (beta != 0.f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_maskload_ps(p, m), v);
+    _mm256_maskstore_ps(p, m, v);
+  }
+};
+
+#include "gemm_kernel.h"
+
+}  // namespace
+
+namespace pbg {
+namespace cpu {
+
+void gemm_avx2(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+               float* work) {
+  gemm_impl<Avx2>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, work);
+}
+
+float fma_peak_avx2(int64_t iters) { return fma_peak_impl<Avx2>(iters); }
+
+}  // namespace cpu
+}  // namespace pbg
+
+#pragma GCC pop_options
+#endif

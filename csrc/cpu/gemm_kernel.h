@@ -1,0 +1,183 @@
+// The register-blocked fp32 GEMM behind the chunk step's products, written once for any SIMD
+// width. Included only by the per-ISA translation units (gemm_avx2.cpp, gemm_avx512.cpp),
+// after they set the target ISA with `#pragma GCC target`, inside an anonymous namespace: every
+// function here is compiled for that ISA and has internal linkage, so no inline function of
+// one ISA can stand in for another's at link time. It includes nothing but <immintrin.h> (done
+// by the includer) and uses no library function.
+//
+// C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major, any strides (unaligned rows,
+// odd sizes, k = 0, m or n = 0).
+//   * op(B) is packed once per call into panels of NR = 2 vectors (the last panel of width
+//     <= one vector uses a one-vector kernel), zero-padded, contiguous in k: one aligned-free
+//     stream per panel. `work` holds k * round_up(n, NR) floats.
+//   * op(A) is read in place: MR rows broadcast one element at a time, from A[i*lda + p]
+//     (N) or A[p*lda + i] (T, consecutive).
+//   * The micro-kernel keeps an MR x NV-vector tile of C in registers over the whole k
+//     (k is the embedding dimension or a chunk: small), then writes alpha * acc + beta * C
+//     with masked stores on the last panel's columns.
+//
+// V (the ISA) provides: vec, L (lanes), MR, zero(), load(p), bcast(x), fma(a, b, c),
+// store_cols(p, v, cols, alpha, beta) (cols <= L; beta == 0 never reads p).
+
+template <class V, int MR_, int NV>
+inline void micro_tile(int64_t k, const float* a, int64_t a_row, int64_t a_col,
+                       const float* panel, float* c, int64_t ldc, int64_t cols, float alpha,
+                       float beta) {
+  constexpr int L = V::L;
+  constexpr int NR = NV * L;
+  typename V::vec acc[MR_][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR_; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
+  for (int64_t p = 0; p < k; ++p) {
+    typename V::vec b[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) b[v] = V::load(panel + p * NR + v * L);
+    const float* ap = a + p * a_col;
+#pragma GCC unroll 16
+    for (int i = 0; i < MR_; ++i) {
+      const typename V::vec ai = V::bcast(ap[i * a_row]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, b[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR_; ++i) {
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const int64_t left = cols - v * L;
+      if (left <= 0) break;
+      V::store_cols(c + i * ldc + v * L, acc[i][v], left < L ? left : L, alpha, beta);
+    }
+  }
+}
+
+// Rows [0, m) of one panel: full MR tiles, then one tile of the remaining rows.
+template <class V, int NV>
+inline void panel_rows(int64_t m, int64_t k, const float* a, int64_t a_row, int64_t a_col,
+                       const float* panel, float* c, int64_t ldc, int64_t cols, float alpha,
+                       float beta) {
+  constexpr int MR = V::MR;
+  int64_t i = 0;
+  for (; i + MR <= m; i += MR)
+    micro_tile<V, MR, NV>(k, a + i * a_row, a_row, a_col, panel, c + i * ldc, ldc, cols, alpha,
+                          beta);
+  const int64_t r = m - i;
+  if (r == 0) return;
+  const float* ai = a + i * a_row;
+  float* ci = c + i * ldc;
+  // One instantiation per remainder height, so the tile stays in registers.
+  switch (r) {
+#define PBG_TAIL(R)                                                                        \
+  case R:                                                                                  \
+    if constexpr (R < MR)                                                                  \
+      micro_tile<V, R, NV>(k, ai, a_row, a_col, panel, ci, ldc, cols, alpha, beta); \
+    break;
+    PBG_TAIL(1) PBG_TAIL(2) PBG_TAIL(3) PBG_TAIL(4) PBG_TAIL(5) PBG_TAIL(6) PBG_TAIL(7)
+    PBG_TAIL(8) PBG_TAIL(9) PBG_TAIL(10) PBG_TAIL(11) PBG_TAIL(12) PBG_TAIL(13)
+    PBG_TAIL(14) PBG_TAIL(15)
+#undef PBG_TAIL
+    default:
+      break;
+  }
+}
+
+// dst[q * ldd + r] = src[r * lds + q] for an 8 x 8 block (AVX2: both targets have it).
+inline void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
+  __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+  __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// Packs op(B)[0:k, j0:j0+cols] into panel[p * NR + jj], zero-padding columns >= cols.
+template <int NR>
+inline void pack_panel(bool tb, int64_t k, const float* b, int64_t ldb, int64_t j0,
+                       int64_t cols, float* panel) {
+  if (!tb) {  // op(B)[p, j] = B[p * ldb + j]: row p's slice
+    for (int64_t p = 0; p < k; ++p) {
+      const float* src = b + p * ldb + j0;
+      float* dst = panel + p * NR;
+      int64_t jj = 0;
+      for (; jj < cols; ++jj) dst[jj] = src[jj];
+      for (; jj < NR; ++jj) dst[jj] = 0.f;
+    }
+  } else {  // op(B)[p, j] = B[j * ldb + p]: column j of the panel is row j of B
+    for (int64_t p = 0; p < k; ++p)
+      for (int64_t jj = cols; jj < NR; ++jj) panel[p * NR + jj] = 0.f;
+    const int64_t k8 = k & ~int64_t(7);
+    int64_t jj = 0;
+    for (; jj + 8 <= cols; jj += 8) {  // 8 x 8 blocks, transposed in registers
+      const float* src = b + (j0 + jj) * ldb;
+      for (int64_t p = 0; p < k8; p += 8) transpose8(src + p, ldb, panel + p * NR + jj, NR);
+      for (int64_t q = 0; q < 8; ++q)
+        for (int64_t p = k8; p < k; ++p) panel[p * NR + jj + q] = src[q * ldb + p];
+    }
+    for (; jj < cols; ++jj) {
+      const float* src = b + (j0 + jj) * ldb;
+      for (int64_t p = 0; p < k; ++p) panel[p * NR + jj] = src[p];
+    }
+  }
+}
+
+template <class V>
+inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                      float* c, int64_t ldc, float* work) {
+  constexpr int L = V::L;
+  constexpr int NR = 2 * L;
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {  // C = beta * C
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.f ? 0.f : beta * c[i * ldc + j];
+    return;
+  }
+  const int64_t a_row = ta ? 1 : lda, a_col = ta ? lda : 1;
+  for (int64_t j0 = 0; j0 < n; j0 += NR) {
+    const int64_t cols = n - j0 < NR ? n - j0 : NR;
+    if (cols > L) {
+      pack_panel<NR>(tb, k, b, ldb, j0, cols, work);
+      panel_rows<V, 2>(m, k, a, a_row, a_col, work, c + j0, ldc, cols, alpha, beta);
+    } else {  // the last, narrow panel: one vector wide
+      pack_panel<L>(tb, k, b, ldb, j0, cols, work);
+      panel_rows<V, 1>(m, k, a, a_row, a_col, work, c + j0, ldc, cols, alpha, beta);
+    }
+  }
+}
+
+// The single-core fp32 peak, measured: 10 independent FMA chains (enough to cover the FMA
+// latency on every x86 core we know) over `iters` rounds. Returns a value that depends on
+// every lane, so that nothing is optimised away. Flops: iters * 10 * L * 2.
+template <class V>
+inline float fma_peak_impl(int64_t iters) {
+  typename V::vec acc[10];
+  const typename V::vec x = V::bcast(0.999999f), y = V::bcast(1e-7f);
+  for (int j = 0; j < 10; ++j) acc[j] = V::zero();
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 10
+    for (int j = 0; j < 10; ++j) acc[j] = V::fma(acc[j], x, y);
+  }
+  float out[V::L], total = 0.f;
+  for (int j = 0; j < 10; ++j) {
+    V::store_cols(out, acc[j], V::L, 1.f, 0.f);
+    for (int l = 0; l < V::L; ++l) total += out[l];
+  }
+  return total;
+}

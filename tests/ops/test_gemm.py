@@ -1,0 +1,140 @@
+"""The chunk step's fp32 GEMM (csrc/cpu/gemm_kernel.h, compiled per ISA in gemm_avx2.cpp and
+gemm_avx512.cpp, chosen at load in blas.cpp) against a float64 torch reference, on every
+kernel this CPU runs: both transposes, odd sizes, k = 1, empty shapes, rows that are views of
+wider (and unaligned) storage, alpha and beta. Then the chunk step itself, run with each kernel
+forced through PBG_FAST_ISA in a fresh process, against this process's result."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pbg_fast
+
+ROOT = Path(__file__).resolve().parents[2]
+ISAS = ["blas", "avx2", "avx512"]
+
+
+def runnable(isa):
+    best = pbg_fast._C.native_build_info()["gemm_isa_best"]
+    return ISAS.index(isa) <= ISAS.index(best)
+
+
+def reference(a, b, ta, tb, alpha, beta, c):
+    A = a.double().t() if ta else a.double()
+    B = b.double().t() if tb else b.double()
+    out = alpha * (A @ B)
+    return out + beta * c.double() if beta != 0 else out
+
+
+def view(rows, cols, g, pad=3, offset=1):
+    """A rows x cols matrix inside wider storage, starting off 16-byte alignment."""
+    big = torch.randn(rows * (cols + pad) + offset, generator=g)
+    return big[offset:].as_strided((rows, cols), (cols + pad, 1))
+
+
+SHAPES = [(50, 100, 100), (1, 1, 1), (13, 37, 5), (12, 32, 7), (25, 33, 64), (7, 1, 9),
+          (23, 17, 101), (31, 16, 1), (6, 8, 3), (100, 100, 50), (0, 5, 3), (5, 0, 3), (5, 3, 0)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_gemm_matches_reference(isa, ta, tb):
+    if not runnable(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    g = torch.Generator().manual_seed(0)
+    for (m, n, k), strided, (alpha, beta) in itertools.product(
+            SHAPES, [False, True], [(1.0, 0.0), (0.7, 1.0), (-1.5, 0.25)]):
+        ashape = (k, m) if ta else (m, k)
+        bshape = (n, k) if tb else (k, n)
+        if strided:
+            a, b, c = view(*ashape, g), view(*bshape, g), view(m, n, g)
+        else:
+            a, b, c = torch.randn(ashape, generator=g), torch.randn(bshape, generator=g), \
+                torch.randn(m, n, generator=g)
+        if beta == 0 and c.numel():
+            c.fill_(float("nan"))  # beta == 0 must not read C
+        want = reference(a, b, ta, tb, alpha, beta, c)
+        torch.ops.pbg_fast.gemm_(c, a, b, ta, tb, alpha, beta, isa)
+        assert torch.allclose(c.double(), want, rtol=1e-5, atol=1e-4), \
+            (isa, m, n, k, ta, tb, strided, alpha, beta, (c.double() - want).abs().max())
+
+
+def test_gemm_refuses_bad_arguments():
+    a = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="isa"):
+        torch.ops.pbg_fast.gemm_(torch.zeros(3, 3), a, a, False, True, 1.0, 0.0, "sse9")
+    with pytest.raises(ValueError, match="shapes"):
+        torch.ops.pbg_fast.gemm_(torch.zeros(3, 3), a, a, False, False, 1.0, 0.0, "avx2")
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.pbg_fast.gemm_(torch.zeros(3, 3), a.double(), a, False, True, 1.0, 0.0, "avx2")
+
+
+def test_the_kernel_chosen_at_load_is_reported_and_can_be_lowered():
+    info = pbg_fast.build_info()
+    best = pbg_fast._C.native_build_info()["gemm_isa_best"]
+    assert info["gemm_isa"] in ISAS
+    if "PBG_FAST_ISA" not in os.environ:
+        assert info["gemm_isa"] == best
+    code = "import pbg_fast, json; print(json.dumps(pbg_fast.build_info()))"
+    for want in ISAS:
+        env = dict(os.environ, PBG_FAST_ISA=want)
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        got = json.loads(out.stdout.strip().splitlines()[-1])["gemm_isa"]
+        assert got == (want if runnable(want) else best)  # never above what the CPU has
+    env = dict(os.environ, PBG_FAST_ISA="avx1024")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and "PBG_FAST_ISA" in out.stderr
+
+
+CHUNK_STEP = """
+import sys, torch, pbg_fast
+from pbg_fast import ops
+g = torch.Generator().manual_seed(5)
+n, d, batch, chunk, uni = 300, 38, 130, 50, 23
+outs = []
+for comparator, operator, loss in [("dot", "linear", "softmax"), ("cos", "affine", "ranking"),
+                                   ("squared_l2", "complex_diagonal", "logistic")]:
+    params = ops.operator_init_params(operator, d)
+    src, dst = torch.randn(n, d, generator=g) * 0.3, torch.randn(n, d, generator=g) * 0.3
+    params = params + 0.1 * torch.randn(params.shape, generator=g)
+    c = -(-batch // chunk)
+    res = ops.chunk_step(src, dst, torch.randint(0, n, (batch,), generator=g),
+                         torch.randint(0, n, (batch,), generator=g),
+                         torch.zeros(batch, dtype=torch.long), params,
+                         torch.randint(0, n, (c, uni), generator=g),
+                         torch.randint(0, n, (c, uni), generator=g), None, None, None, chunk,
+                         "batch_uniform", "batch_uniform", comparator, operator, loss, 0.1)
+    outs += [t for t in res if isinstance(t, torch.Tensor)]
+torch.save(outs, sys.argv[1])
+"""
+
+
+def test_chunk_step_agrees_on_every_kernel(tmp_path):
+    """The whole fused step (scores, loss, gradients through the operator) with each GEMM
+    kernel forced, against torch's BLAS in another process."""
+    script = tmp_path / "step.py"
+    script.write_text(CHUNK_STEP)
+    results = {}
+    for isa in ISAS:
+        if not runnable(isa):
+            continue
+        out = tmp_path / f"{isa}.pt"
+        p = subprocess.run([sys.executable, str(script), str(out)], cwd=ROOT, timeout=300,
+                           env=dict(os.environ, PBG_FAST_ISA=isa), capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+        results[isa] = torch.load(out)
+    base = results.pop("blas")
+    assert len(base) >= 9
+    for isa, got in results.items():
+        for i, (x, y) in enumerate(zip(base, got)):
+            assert x.shape == y.shape
+            assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), (isa, i, (x - y).abs().max())
