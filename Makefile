@@ -11,14 +11,16 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 export MAX_JOBS ?= 2
-# Local builds target this machine's CPU (AVX-512 here: ~1.4x the chunk step of the portable
-# x86-64 build). PBG_FAST_NATIVE=0 builds the portable extension, e.g. to copy it elsewhere.
+# Local builds target this machine's CPU: one version of each kernel, the fastest compile. The
+# portable build (PBG_FAST_NATIVE=0, what `pip install .` makes) runs as fast within a few
+# percent, choosing its kernels' ISA at run time (benchmarks/RESULTS.md), but compiles the hot
+# element-wise code three times; `make test` checks it too (check-portable).
 export PBG_FAST_NATIVE ?= 1
 
 EXT := pbg_fast/_C$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 
-.PHONY: setup demo test bench check-cuda cmake-check peer clean
+.PHONY: setup demo test bench check-cuda check-portable cmake-check peer clean
 
 # PyTorch-BigGraph 1.0 in its own venv, for the compatibility tests (../shared/PEERS.md):
 # `make peer`, then PBG_FAST_PEER_PYTHON=.peer-venv/bin/python make test.
@@ -57,6 +59,22 @@ demo: setup
 
 test: setup check-cuda
 	PBG_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory check-portable
+
+# The portable build (x86-64 baseline + run-time ISA dispatch), in build-portable/ (incremental),
+# and the op tests against it: run from its package copy, which comes first on the path
+# (--import-mode=append keeps pytest from putting the checkout's own pbg_fast/ ahead of it).
+PORTABLE := build-portable
+check-portable: | $(VENV)/.installed
+	PBG_FAST_NATIVE=0 $(PY) setup.py -q build_ext --build-lib $(PORTABLE)/lib \
+	  --build-temp $(PORTABLE)/tmp
+	rm -rf $(PORTABLE)/pkg && mkdir -p $(PORTABLE)/pkg && cp -r pbg_fast $(PORTABLE)/pkg/
+	cp $(PORTABLE)/lib/pbg_fast/_C*.so $(PORTABLE)/pkg/pbg_fast/
+	cd $(PORTABLE)/pkg && $(abspath $(PY)) -c "import pbg_fast, sys; i = pbg_fast.build_info(); \
+	  print(i); sys.exit(0 if pbg_fast.__file__.startswith('$(abspath $(PORTABLE))') and \
+	  i['compiled_isa'] == 'x86-64' else 'check-portable: not the portable build')"
+	cd $(PORTABLE)/pkg && PYTHONPATH=$(abspath $(PORTABLE))/pkg PBG_FAST_REQUIRE_EXT=1 \
+	  $(abspath $(PY)) -m pytest -q --import-mode=append -p no:cacheprovider $(CURDIR)/tests/ops
 
 # Objects kept in cuda-check/: only what changed is recompiled.
 check-cuda:
@@ -88,4 +106,4 @@ $(PEER)/.ok:
 	@touch $@
 
 clean:
-	rm -rf build cmake-build pbg_fast/_C*.so
+	rm -rf build build-portable cmake-build pbg_fast/_C*.so

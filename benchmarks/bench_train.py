@@ -128,26 +128,30 @@ def reference_hogwild(nodes: int, dim: int, lhs, rhs, batch: int, negs_batch: in
 
 
 def kernel_sweep(a, work: Path, nodes: int, edges: int, base: dict) -> None:
-    """bench_train's P=1 run once per fp32 GEMM kernel this CPU runs (torch's BLAS and ours,
-    forced through PBG_FAST_ISA), in interleaved rounds; medians, and each against BLAS."""
+    """bench_train's P=1 run at each ISA level this CPU runs (PBG_FAST_ISA: blas = the x86-64
+    baseline with torch's BLAS, avx2, avx512), and at the best level with torch's BLAS for the
+    GEMMs (PBG_FAST_GEMM=blas: our GEMM kernels against MKL, all else equal), in interleaved
+    rounds; medians, each against the blas level."""
+    import shutil
     import statistics
 
     import pbg_fast
     best = pbg_fast._C.native_build_info()["gemm_isa_best"]
-    isas = ["blas", "avx2", "avx512"][:["blas", "avx2", "avx512"].index(best) + 1]
+    levels = ["blas", "avx2", "avx512"][:["blas", "avx2", "avx512"].index(best) + 1]
+    runs = [(lv, {"PBG_FAST_ISA": lv}) for lv in levels]
+    if best != "blas":
+        runs.append((f"{best}+blas_gemm", {"PBG_FAST_ISA": best, "PBG_FAST_GEMM": "blas"}))
     ent, ed = make_graph(work, nodes, edges, 1)
-    got = {i: [] for i in isas}
+    got = {name: [] for name, _ in runs}
     for _ in range(a.rounds):
-        for isa in isas:
-            out = run_training(config(ent, ed, str(work / f"ck_{isa}"), 1),
-                               env={"PBG_FAST_ISA": isa})
-            import shutil
-            shutil.rmtree(work / f"ck_{isa}", ignore_errors=True)
-            got[isa].append(out["recs"][-1]["edges_per_s"])
-    med = {i: statistics.median(v) for i, v in got.items()}
-    for isa in isas:
-        emit(dict(what="train_gemm_kernel", config=dict(base, partitions=1), gemm_isa=isa,
-                  edges_per_s=med[isa], runs=got[isa], vs_blas=med[isa] / med["blas"]))
+        for name, env in runs:
+            out = run_training(config(ent, ed, str(work / "ck_kernels"), 1), env=env)
+            shutil.rmtree(work / "ck_kernels", ignore_errors=True)
+            got[name].append(out["recs"][-1]["edges_per_s"])
+    med = {n: statistics.median(v) for n, v in got.items()}
+    for name, env in runs:
+        emit(dict(what="train_isa", config=dict(base, partitions=1), run=name, env=env,
+                  edges_per_s=med[name], runs=got[name], vs_blas_level=med[name] / med["blas"]))
 
 
 def build_sweep(a, work: Path, nodes: int, edges: int, base: dict) -> None:
@@ -183,7 +187,8 @@ def main():
     ap.add_argument("--edges", type=int, default=None)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--kernels", action="store_true",
-                    help="only P=1, once per GEMM kernel (PBG_FAST_ISA), interleaved rounds")
+                    help="only P=1, once per ISA level (PBG_FAST_ISA) and with BLAS GEMMs "
+                         "(PBG_FAST_GEMM), interleaved rounds")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--builds", default=None,
                     help="only P=1, once per build: comma-separated folders each holding a "

@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include "cpu/blas.h"
+#include "cpu/isa_dispatch.h"
 
 namespace {
 
@@ -42,8 +43,15 @@ PyObject* native_build_info(PyObject*, PyObject*) {
 #else
   const bool cuda = false;
 #endif
-  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:O,s:O}", "cpu_isa", cpu_isa(), "compiled_isa",
-                       compiled_isa(), "gemm_isa",
+  return Py_BuildValue("{s:s,s:s,s:s,s:O,s:s,s:s,s:s,s:O,s:O}", "cpu_isa", cpu_isa(),
+                       "compiled_isa", compiled_isa(), "isa_level",
+                       pbg::cpu::gemm_isa_name(pbg::cpu::isa_level()), "isa_versions",
+#ifdef PBG_ISA_VERSIONS
+                       Py_True,
+#else
+                       Py_False,
+#endif
+                       "gemm_isa",
                        pbg::cpu::gemm_isa_name(pbg::cpu::gemm_isa()), "gemm_isa_best",
                        pbg::cpu::gemm_isa_name(pbg::cpu::best_gemm_isa()), "blas",
                        pbg::cpu::blas_name(), "openmp", openmp ? Py_True : Py_False, "cuda",

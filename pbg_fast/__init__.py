@@ -9,7 +9,11 @@ __version__ = "0.1.0"
 _ISAS = ("blas", "avx2", "avx512")
 if os.environ.get("PBG_FAST_ISA", "") not in ("",) + _ISAS:
     raise ImportError(f"PBG_FAST_ISA: unknown {os.environ['PBG_FAST_ISA']!r}; expected one of "
-                      f"{', '.join(_ISAS)} (the fp32 GEMM kernel; unset: the best this CPU runs)")
+                      f"{', '.join(_ISAS)} (the highest ISA our kernels use; unset: the best "
+                      f"this CPU runs)")
+if os.environ.get("PBG_FAST_GEMM", "") not in ("", "blas"):
+    raise ImportError(f"PBG_FAST_GEMM: unknown {os.environ['PBG_FAST_GEMM']!r}; expected 'blas' "
+                      f"(torch's BLAS for the fp32 GEMMs) or unset (our kernels)")
 
 _EXT_ERROR = None
 try:
@@ -35,6 +39,7 @@ def build_info() -> dict:
         "cuda_ext": False,
         "isa": None,
         "compiled_isa": None,
+        "isa_level": None,
         "gemm_isa": None,
         "blas": None,
         "openmp": False,
@@ -45,6 +50,7 @@ def build_info() -> dict:
         info.update(
             isa=native["cpu_isa"],
             compiled_isa=native["compiled_isa"],
+            isa_level=native["isa_level"],
             gemm_isa=native["gemm_isa"],
             blas=native["blas"],
             openmp=native["openmp"],

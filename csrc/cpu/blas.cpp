@@ -56,8 +56,14 @@ GemmIsa choose_isa() {
   return static_cast<int>(want) < static_cast<int>(best) ? want : best;
 }
 
+GemmIsa choose_gemm(GemmIsa level) {
+  const char* env = std::getenv("PBG_FAST_GEMM");
+  return env != nullptr && std::strcmp(env, "blas") == 0 ? GemmIsa::Blas : level;
+}
+
 const GemmIsa g_best = detect_isa();
-const GemmIsa g_chosen = choose_isa();
+const GemmIsa g_level = choose_isa();
+const GemmIsa g_chosen = choose_gemm(g_level);
 
 }  // namespace
 
@@ -96,6 +102,7 @@ double fma_peak_loop(GemmIsa isa, int64_t iters) {
   return 0.0;
 }
 GemmIsa gemm_isa() { return g_chosen; }
+GemmIsa isa_level() { return g_level; }
 
 bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 

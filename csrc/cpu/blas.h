@@ -20,7 +20,13 @@ enum class Trans : char { N = 'N', T = 'T' };
 // on any CPU that runs a higher one.
 enum class GemmIsa : int { Blas = 0, Avx2 = 1, Avx512 = 2 };
 GemmIsa best_gemm_isa();  // the best this CPU (and this build) runs
-GemmIsa gemm_isa();       // the one chosen at load (best, or lower by PBG_FAST_ISA)
+// The ISA level our code runs at, chosen at load: the best, or lower by PBG_FAST_ISA (blas:
+// the x86-64 baseline, and torch's BLAS for the GEMMs). Also the level of the element-wise
+// work's versions (isa_dispatch.h).
+GemmIsa isa_level();
+// The fp32 GEMM kernel chosen at load: ours at isa_level(), or torch's BLAS where that level
+// is blas or PBG_FAST_GEMM=blas (the element-wise work keeps its level).
+GemmIsa gemm_isa();
 const char* gemm_isa_name(GemmIsa isa);
 bool parse_gemm_isa(const char* name, GemmIsa* out);  // false on an unknown name
 

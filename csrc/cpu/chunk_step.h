@@ -87,6 +87,13 @@ ChunkStats chunk_step_one(Comparator cmp, Operator op, Loss loss, const ChunkTab
                           const ChunkConfig<T>& cfg, const ChunkInput& in, const T* weight,
                           const ChunkGrads<T>& out, ChunkWorkspace<T>& ws);
 
+// chunk_step_one for one comparator (chunk_kernel.h; instantiated in chunk_step_dot_cos.cpp and
+// chunk_step_l2.cpp).
+template <Comparator C, typename T>
+ChunkStats chunk_step_cmp(Operator op, Loss loss, const ChunkTables<T>& tables,
+                          const ChunkConfig<T>& cfg, const ChunkInput& in, const T* weight,
+                          const ChunkGrads<T>& out, ChunkWorkspace<T>& ws);
+
 // NegMode::All support: a side's whole table as the chunk step wants it, prepared once per
 // batch. Returns the prepared rows ([n, dim], contiguous): `emb` itself when nothing changes
 // it (dot, no global vector, contiguous rows), else a copy in `buf`; aux (cos: 1/|x|, l2: |x|^2)

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "../kernels/adagrad.h"
@@ -23,6 +24,7 @@
 #include "blas.h"
 #include "chunk_step.h"
 #include "dispatch.h"
+#include "isa_dispatch.h"
 
 namespace pbg {
 namespace cpu {
@@ -102,7 +104,29 @@ struct RowCoalescer {
   void axpy(const T* g, T* s) const {
     for (int64_t k = 0; k < dim; ++k) s[k] += g[k];
   }
+  // Row Adagrad over the batch's distinct rows: for fp32, one version per ISA
+  // (isa_dispatch.h).
   void apply(T* emb, T* state, T lr, T eps) const {
+#ifdef PBG_ISA_VERSIONS
+    if constexpr (std::is_same_v<T, float>) {
+      switch (isa_level()) {
+        case GemmIsa::Avx512: return apply_v4(emb, state, lr, eps);
+        case GemmIsa::Avx2: return apply_v3(emb, state, lr, eps);
+        default: break;
+      }
+    }
+#endif
+    apply_body(emb, state, lr, eps);
+  }
+#ifdef PBG_ISA_VERSIONS
+  PBG_TARGET_V4 void apply_v4(T* emb, T* state, T lr, T eps) const {
+    apply_body(emb, state, lr, eps);
+  }
+  PBG_TARGET_V3 void apply_v3(T* emb, T* state, T lr, T eps) const {
+    apply_body(emb, state, lr, eps);
+  }
+#endif
+  __attribute__((always_inline)) inline void apply_body(T* emb, T* state, T lr, T eps) const {
     if (dense_rows >= 0) {
       for (int64_t r = 0; r < dense_rows; ++r)
         row_adagrad_step(emb + r * dim, state + r, sums.data() + r * dim, dim, lr, eps);

@@ -2,21 +2,21 @@
 gemm_avx512.cpp, chosen at load in blas.cpp) against a float64 torch reference, on every
 kernel this CPU runs: both transposes, odd sizes, k = 1, empty shapes, rows that are views of
 wider (and unaligned) storage, alpha and beta. Then the chunk step itself, run with each kernel
-forced through PBG_FAST_ISA in a fresh process, against this process's result."""
+forced through PBG_FAST_ISA in a fresh process, against this process's result. The fresh
+processes start outside the checkout, so they import the pbg_fast this one does (the
+installed checkout, or the portable build's copy first on PYTHONPATH: make check-portable)."""
 
 import itertools
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import pbg_fast
 
-ROOT = Path(__file__).resolve().parents[2]
 ISAS = ["blas", "avx2", "avx512"]
 
 
@@ -75,22 +75,32 @@ def test_gemm_refuses_bad_arguments():
         torch.ops.pbg_fast.gemm_(torch.zeros(3, 3), a.double(), a, False, True, 1.0, 0.0, "avx2")
 
 
-def test_the_kernel_chosen_at_load_is_reported_and_can_be_lowered():
+def test_the_kernel_chosen_at_load_is_reported_and_can_be_lowered(tmp_path):
     info = pbg_fast.build_info()
     best = pbg_fast._C.native_build_info()["gemm_isa_best"]
     assert info["gemm_isa"] in ISAS
     if "PBG_FAST_ISA" not in os.environ:
         assert info["gemm_isa"] == best
-    code = "import pbg_fast, json; print(json.dumps(pbg_fast.build_info()))"
+    code = ("import pbg_fast, json; "
+            "print(json.dumps(dict(pbg_fast.build_info(), file=pbg_fast.__file__)))")
+    me = pbg_fast.__file__
     for want in ISAS:
         env = dict(os.environ, PBG_FAST_ISA=want)
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
-        got = json.loads(out.stdout.strip().splitlines()[-1])["gemm_isa"]
-        assert got == (want if runnable(want) else best)  # never above what the CPU has
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+        assert info["file"] == me
+        expect = want if runnable(want) else best  # never above what the CPU has
+        assert info["gemm_isa"] == expect and info["isa_level"] == expect
+    env = dict(os.environ, PBG_FAST_GEMM="blas")
+    env.pop("PBG_FAST_ISA", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["gemm_isa"] == "blas" and info["isa_level"] == best
     env = dict(os.environ, PBG_FAST_ISA="avx1024")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode != 0 and "PBG_FAST_ISA" in out.stderr
 
@@ -107,20 +117,23 @@ for comparator, operator, loss in [("dot", "linear", "softmax"), ("cos", "affine
     src, dst = torch.randn(n, d, generator=g) * 0.3, torch.randn(n, d, generator=g) * 0.3
     params = params + 0.1 * torch.randn(params.shape, generator=g)
     c = -(-batch // chunk)
-    res = ops.chunk_step(src, dst, torch.randint(0, n, (batch,), generator=g),
-                         torch.randint(0, n, (batch,), generator=g),
+    # Distinct rows: a negative equal to its positive is an exact tie in the math, which two
+    # ISAs may round either way (the violator counts would differ by a tie's flip).
+    sp, dp = torch.randperm(n, generator=g), torch.randperm(n, generator=g)
+    res = ops.chunk_step(src, dst, sp[:batch], dp[:batch],
                          torch.zeros(batch, dtype=torch.long), params,
-                         torch.randint(0, n, (c, uni), generator=g),
-                         torch.randint(0, n, (c, uni), generator=g), None, None, None, chunk,
+                         sp[batch:batch + c * uni].view(c, uni),
+                         dp[batch:batch + c * uni].view(c, uni), None, None, None, chunk,
                          "batch_uniform", "batch_uniform", comparator, operator, loss, 0.1)
     outs += [t for t in res if isinstance(t, torch.Tensor)]
-torch.save(outs, sys.argv[1])
+torch.save((pbg_fast.__file__, outs), sys.argv[1])
 """
 
 
 def test_chunk_step_agrees_on_every_kernel(tmp_path):
-    """The whole fused step (scores, loss, gradients through the operator) with each GEMM
-    kernel forced, against torch's BLAS in another process."""
+    """The whole fused step (scores, loss, gradients through the operator) at each ISA level
+    (our GEMM kernel and, in a portable build, the element-wise code's version for that ISA:
+    isa_dispatch.h), against the baseline (torch's BLAS, x86-64 code) in another process."""
     script = tmp_path / "step.py"
     script.write_text(CHUNK_STEP)
     results = {}
@@ -128,10 +141,11 @@ def test_chunk_step_agrees_on_every_kernel(tmp_path):
         if not runnable(isa):
             continue
         out = tmp_path / f"{isa}.pt"
-        p = subprocess.run([sys.executable, str(script), str(out)], cwd=ROOT, timeout=300,
+        p = subprocess.run([sys.executable, str(script), str(out)], cwd=tmp_path, timeout=300,
                            env=dict(os.environ, PBG_FAST_ISA=isa), capture_output=True, text=True)
         assert p.returncode == 0, p.stderr[-3000:]
-        results[isa] = torch.load(out)
+        where, results[isa] = torch.load(out)
+        assert where == pbg_fast.__file__  # the same build as this process
     base = results.pop("blas")
     assert len(base) >= 9
     for isa, got in results.items():
