@@ -14,7 +14,7 @@
 #include "chunk_math.h"
 #include "chunk_step.h"
 #include "isa_dispatch.h"
-#include "tags.h"
+#include "../kernels/tags.h"
 
 namespace pbg {
 namespace cpu {

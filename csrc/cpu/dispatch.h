@@ -8,7 +8,7 @@
 #include <type_traits>
 
 #include "../kernels/common.h"
-#include "tags.h"
+#include "../kernels/tags.h"
 
 namespace pbg {
 

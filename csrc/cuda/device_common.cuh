@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "../kernels/common.h"
+#include "../kernels/tags.h"
 
 namespace pbg {
 namespace cuda {
@@ -74,53 +75,11 @@ PBG_HD void add_to(T* p, T v) {
 PBG_HD int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Enum -> compile-time constant, so inner loops never branch on the comparator / operator /
-// loss. f receives a tag whose ::value is the constant.
-template <Comparator C>
-struct ComparatorTag {
-  static constexpr Comparator value = C;
-};
-template <Operator O>
-struct OperatorTag {
-  static constexpr Operator value = O;
-};
-template <Loss L>
-struct LossTag {
-  static constexpr Loss value = L;
-};
-
-template <typename F>
-cudaError_t dispatch_comparator(Comparator c, F&& f) {
-  switch (c) {
-    case Comparator::Dot: return f(ComparatorTag<Comparator::Dot>{});
-    case Comparator::Cos: return f(ComparatorTag<Comparator::Cos>{});
-    case Comparator::L2: return f(ComparatorTag<Comparator::L2>{});
-    case Comparator::SquaredL2: return f(ComparatorTag<Comparator::SquaredL2>{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-template <typename F>
-cudaError_t dispatch_operator(Operator o, F&& f) {
-  switch (o) {
-    case Operator::None: return f(OperatorTag<Operator::None>{});
-    case Operator::Translation: return f(OperatorTag<Operator::Translation>{});
-    case Operator::Diagonal: return f(OperatorTag<Operator::Diagonal>{});
-    case Operator::ComplexDiagonal: return f(OperatorTag<Operator::ComplexDiagonal>{});
-    case Operator::Linear: return f(OperatorTag<Operator::Linear>{});
-    case Operator::Affine: return f(OperatorTag<Operator::Affine>{});
-  }
-  return cudaErrorInvalidValue;
-}
-
-template <typename F>
-cudaError_t dispatch_loss(Loss l, F&& f) {
-  switch (l) {
-    case Loss::Ranking: return f(LossTag<Loss::Ranking>{});
-    case Loss::Logistic: return f(LossTag<Loss::Logistic>{});
-    case Loss::Softmax: return f(LossTag<Loss::Softmax>{});
-  }
-  return cudaErrorInvalidValue;
-}
+// loss: f receives a tag whose ::value is the constant. The one dispatch shared with the CPU
+// kernels (csrc/kernels/tags.h).
+using ::pbg::dispatch_comparator;
+using ::pbg::dispatch_loss;
+using ::pbg::dispatch_operator;
 
 // Returns from the enclosing function on a launch error.
 #define PBG_CUDA_RETURN_IF_ERROR(expr)            \

@@ -1,12 +1,13 @@
-// Enums -> template parameters, torch-free (the kernels' instantiation files include it; the
-// name -> enum parsing with its errors is in dispatch.h). Inner loops never branch on the
-// comparator / operator / loss.
+// Enums -> template parameters, shared by the CPU kernels (csrc/cpu) and the CUDA launchers
+// (csrc/cuda/device_common.cuh): host code, torch-free, CUDA-free. The name -> enum parsing
+// with its errors is csrc/cpu/dispatch.h. Inner loops never branch on the comparator /
+// operator / loss. An enum value outside its cases (never produced by parse_*) aborts.
 #pragma once
 
 #include <cstdlib>
 #include <type_traits>
 
-#include "../kernels/common.h"
+#include "common.h"
 
 namespace pbg {
 
