@@ -1,8 +1,12 @@
 // CPU `chunked_neg_scores` and its backward: the comparator over chunked positives and
 // negatives, PBG's AbstractComparator.forward with "prepare" folded in.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
-#include <torch/types.h>
 
 #include <cstring>
 #include <vector>

@@ -2,7 +2,7 @@
 // parameters. Inner loops never branch on the comparator / operator / loss.
 #pragma once
 
-#include <torch/types.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 #include <type_traits>

@@ -1,7 +1,11 @@
 // CPU `loss_forward` / `loss_backward`: PBG's loss functions over pos [N] and neg [N, M].
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
-#include <torch/types.h>
 
 #include <vector>
 

@@ -1,8 +1,11 @@
 // CPU `operator_forward` / `operator_backward`: relation operators applied row by row, each row
 // with the parameters of its relation (rel [N] indexes op_params [R, K]).
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
-#include <torch/types.h>
 
 #include "../kernels/operators.h"
 #include "dispatch.h"

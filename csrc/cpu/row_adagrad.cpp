@@ -9,9 +9,10 @@
 // partly lost or use a slightly stale state. Nothing else goes wrong: no crash, no torn
 // non-float state, every value stays a blend of valid updates. This is the asynchrony PBG's
 // HOGWILD trainers accept, and with millions of rows collisions are rare.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
-#include <torch/types.h>
 
 #include <algorithm>
 #include <numeric>

@@ -6,9 +6,11 @@
 // a row summed over the batch first, as PBG coalesces its sparse gradient), and element-wise
 // Adagrad on the relation parameters and global embeddings. Python never sees a batch.
 // With workers = 1 the result is a deterministic function of the seed.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
-#include <torch/types.h>
 
 #include <algorithm>
 #include <atomic>
