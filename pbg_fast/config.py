@@ -550,9 +550,14 @@ def apply_overrides(raw: Dict[str, Any], overrides: Optional[List[str]]) -> Dict
                 target[part] = _override_value(value, tp, item)
             else:
                 child = target[part] if isinstance(target, list) else target.get(part)
-                if not isinstance(child, (dict, list)):
-                    child = [] if typing.get_origin(tp) in (list, List) else {}
-                    target[part] = child
+                want = list if typing.get_origin(tp) in (list, List) else dict
+                if child is None:  # unset: the path creates it
+                    child = target[part] = want()
+                elif not isinstance(child, want):  # e.g. set to the wrong kind by an override
+                    raise ConfigError(f"-p {item}: {here} is {json.dumps(child)[:60]}, not a "
+                                      f"{'list' if want is list else 'mapping'}: it has no "
+                                      f"{'index' if want is list else 'key'} "
+                                      f"{path[i + 1]!r}")
                 target = child
     return raw
 

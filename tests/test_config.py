@@ -191,3 +191,13 @@ def test_override_creates_a_new_dict_entry():
 def test_override_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(apply_overrides(_override_base(), [override]))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # Found by test_config_fuzz: a mapping replaced by a list, then walked into by key.
+    (["entities=[]", "entities.all.num_partitions="], r"entities is \[\], not a mapping"),
+    (["relations={}", "relations.0.operator=none"], r"relations is \{\}, not a list"),
+])
+def test_override_paths_through_a_replaced_value_of_the_wrong_kind(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(_override_base(), overrides)
