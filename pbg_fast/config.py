@@ -551,7 +551,10 @@ def apply_overrides(raw: Dict[str, Any], overrides: Optional[List[str]]) -> Dict
             else:
                 child = target[part] if isinstance(target, list) else target.get(part)
                 want = list if typing.get_origin(tp) in (list, List) else dict
-                if child is None:  # unset: the path creates it
+                container = (dataclasses.is_dataclass(tp) or
+                             typing.get_origin(tp) in (list, List, dict, Dict))
+                if child is None or not container:
+                    # Unset: the path creates it. A scalar key: the next step says its type.
                     child = target[part] = want()
                 elif not isinstance(child, want):  # e.g. set to the wrong kind by an override
                     raise ConfigError(f"-p {item}: {here} is {json.dumps(child)[:60]}, not a "
