@@ -1,6 +1,6 @@
 # pbg_fast: every entry point creates .venv if missing, installs what it needs, builds, runs.
 #   make demo    set up, then run the main job on built-in data
-#   make test    set up, then the whole test suite (CUDA compile check included)
+#   make test    set up, then the whole test suite (the CUDA extension's build included)
 #   make setup   environment + build only
 #   make bench   the benchmarks (full size); QUICK=1 for the seconds-long versions
 #   make cmake-check  the same C++ built by CMake, and its C++ chunk-step benchmark
@@ -20,7 +20,7 @@ export PBG_FAST_NATIVE ?= 1
 EXT := pbg_fast/_C$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
 
-.PHONY: setup demo test bench check-cuda check-portable cmake-check peer clean
+.PHONY: setup demo test bench check-cuda check-cuda-ext check-portable cmake-check peer clean
 
 # PyTorch-BigGraph 1.0 in its own venv, for the compatibility tests (../shared/PEERS.md):
 # `make peer`, then PBG_FAST_PEER_PYTHON=.peer-venv/bin/python make test.
@@ -76,9 +76,42 @@ check-portable: | $(VENV)/.installed
 	cd $(PORTABLE)/pkg && PYTHONPATH=$(abspath $(PORTABLE))/pkg PBG_FAST_REQUIRE_EXT=1 \
 	  $(abspath $(PY)) -m pytest -q --import-mode=append -p no:cacheprovider $(CURDIR)/tests/ops
 
-# Objects kept in cuda-check/: only what changed is recompiled.
+# The CUDA side, GPU or not: nvcc's compile check of the kernels (objects kept in cuda-check/,
+# only what changed is recompiled), then the real extension, binding included, built against a
+# CUDA torch in its own venv ($(VENV_CUDA), cached) into build-cuda/ (incremental, like
+# check-portable), imported, and the op tests run against it (test_cuda_build checks from the
+# dispatcher that every device op has a CUDA kernel; the CUDA cases of the others skip without a
+# GPU). Skipped with a notice where there is no nvcc. setup.py finds the toolkit behind an nvcc
+# wrapper and the cuBLAS headers in the venv's nvidia/ wheels.
+VENV_CUDA := .venv-cuda
+CUDA_TORCH_SPEC ?= torch==2.14.1
+CUDA_ARCHS ?= 9.0
+BUILD_CUDA := build-cuda
 check-cuda:
 	bash csrc/cuda/check.sh cuda-check
+	@if command -v nvcc >/dev/null 2>&1; then $(MAKE) --no-print-directory check-cuda-ext; \
+	  else echo "nvcc not found; skipping the CUDA extension build"; fi
+
+$(VENV_CUDA)/.deps: pyproject.toml Makefile
+	@test -x $(VENV_CUDA)/bin/python || $(PYTHON) -m venv $(VENV_CUDA)
+	@$(VENV_CUDA)/bin/python -c "import torch, sys; sys.exit(torch.version.cuda is None)" \
+	  2>/dev/null || $(VENV_CUDA)/bin/pip install -q "$(CUDA_TORCH_SPEC)"
+	$(VENV_CUDA)/bin/pip install -q numpy h5py pyarrow tqdm pyyaml pybind11 ninja pytest \
+	  hypothesis "setuptools>=64" wheel
+	$(VENV_CUDA)/bin/pip install -q --no-deps pykeen==1.11.1
+	@touch $@
+
+check-cuda-ext: $(VENV_CUDA)/.deps
+	TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" PBG_FAST_CUDA=1 $(VENV_CUDA)/bin/python setup.py -q \
+	  build_ext --build-lib $(BUILD_CUDA)/lib --build-temp $(BUILD_CUDA)/tmp
+	rm -rf $(BUILD_CUDA)/pkg && mkdir -p $(BUILD_CUDA)/pkg && cp -r pbg_fast $(BUILD_CUDA)/pkg/
+	cp $(BUILD_CUDA)/lib/pbg_fast/_C*.so $(BUILD_CUDA)/pkg/pbg_fast/
+	cd $(BUILD_CUDA)/pkg && $(abspath $(VENV_CUDA))/bin/python -c "import pbg_fast, sys; \
+	  i = pbg_fast.build_info(); print(i); sys.exit(0 if pbg_fast.__file__.startswith( \
+	  '$(abspath $(BUILD_CUDA))') and i['cuda_ext'] else 'check-cuda: not the CUDA build')"
+	cd $(BUILD_CUDA)/pkg && PYTHONPATH=$(abspath $(BUILD_CUDA))/pkg PBG_FAST_REQUIRE_EXT=1 \
+	  $(abspath $(VENV_CUDA))/bin/python -m pytest -q --import-mode=append -p no:cacheprovider \
+	  $(CURDIR)/tests/ops
 
 bench: setup
 	$(PIP) install -q matplotlib
@@ -106,4 +139,4 @@ $(PEER)/.ok:
 	@touch $@
 
 clean:
-	rm -rf build build-portable cmake-build pbg_fast/_C*.so
+	rm -rf build build-portable build-cuda cmake-build pbg_fast/_C*.so

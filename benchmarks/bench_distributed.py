@@ -71,6 +71,9 @@ def run(cfg: dict, work: Path, name: str) -> dict:
     out = dict(run=name, machines=m, process_wall_seconds=wall, train_wall_seconds=train_wall,
                edges=edges, wall_edges_per_s=edges / train_wall,
                bucket_op_edges_per_s=edges / sum(b["seconds"] for b in buckets),
+               # the share of the trainers' wall time spent in the bucket op (the rest: lock
+               # waits, partition transfers, commits, edge loading)
+               bucket_op_share=sum(b["seconds"] for b in buckets) / (m * train_wall),
                buckets_per_rank={str(r): sum(1 for b in buckets if b.get("rank", 0) == r)
                                  for r in range(m)})
     if m > 1:
@@ -164,7 +167,14 @@ def main():
               bytes_per_transfer_vs_partition=med("dist2", "bytes_per_transfer_vs_partition"),
               param_bytes_per_epoch=med("dist2", "param_bytes") / epochs,
               idle_seconds=med("dist2", "idle_seconds"),
-              commit_seconds=med("dist2", "commit_seconds")))
+              commit_seconds=med("dist2", "commit_seconds"),
+              dist2_bucket_op_share=med("dist2", "bucket_op_share"),
+              # What dist2 would reach with no waits, transfers or commits at all: both
+              # processes' bucket ops (each as fast as it runs beside the other) over the single
+              # machine's wall-clock rate. On a box where two processes slow each other's bucket
+              # op (shared L3 and memory bandwidth) this bounds the speedup below 2x.
+              speedup_bound_no_overhead=(2 * med("dist2", "bucket_op_edges_per_s") /
+                                         med("single", "wall_edges_per_s"))))
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
