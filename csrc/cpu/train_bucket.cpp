@@ -5,7 +5,10 @@
 // directions with dynamic relations), then row-wise Adagrad on every touched row (gradients of
 // a row summed over the batch first, as PBG coalesces its sparse gradient), and element-wise
 // Adagrad on the relation parameters and global embeddings. Python never sees a batch.
-// With workers = 1 the result is a deterministic function of the seed.
+// Randomness is counter-based (kernels/counter_rng.h): the shuffle and each batch's negatives
+// are functions of (seed, batch, index) alone, the same as in the CUDA op and the Python
+// reference. With workers = 1 the result is a deterministic function of the seed; with more,
+// only the HOGWILD interleaving of the updates varies.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -23,6 +26,7 @@
 
 #include "../kernels/adagrad.h"
 #include "../kernels/comparators.h"
+#include "../kernels/counter_rng.h"
 #include "blas.h"
 #include "chunk_step.h"
 #include "dispatch.h"
@@ -33,21 +37,6 @@ namespace cpu {
 namespace {
 
 constexpr const char* kOp = "train_bucket_";
-
-// splitmix64: seeds and the per-worker stream. Uniform ints by multiply-shift (Lemire).
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed) {}
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  }
-  int64_t below(int64_t n) {
-    return static_cast<int64_t>((static_cast<unsigned __int128>(next()) * uint64_t(n)) >> 64);
-  }
-};
 
 // Sums the gradient rows of one table over a batch (open addressing on the row id), then
 // applies one row-Adagrad step per distinct row. Dense mode (a table whose every row is a
@@ -238,7 +227,6 @@ template <typename T>
 void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t seed,
                  WorkerStats& st) {
   blas_single_thread_in_this_thread();
-  Rng rng(seed);
   const int64_t D = sh.dim, Bmax = sh.batch_size, cs = sh.chunk_size;
   const int64_t Cmax = (Bmax + cs - 1) / cs;
   const int64_t U = std::max(sh.num_uniform_lhs, sh.num_uniform_rhs);
@@ -291,8 +279,12 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       wts[i] = sh.relation_weight * (sh.weight ? sh.weight[e] : T(1));
     }
     const int64_t Ul = sh.num_uniform_lhs, Ur = sh.num_uniform_rhs;
-    for (int64_t k = 0; k < C * Ul; ++k) lhs_uni[k] = rng.below(sh.n_lhs);
-    for (int64_t k = 0; k < C * Ur; ++k) rhs_uni[k] = rng.below(sh.n_rhs);
+    {  // batch b's negatives: chunk c's k-th of a side is that stream's draw c * U + k
+      const uint64_t kl = rng::stream_key(seed, rng::kLhsNegatives, b);
+      const uint64_t kr = rng::stream_key(seed, rng::kRhsNegatives, b);
+      for (int64_t k = 0; k < C * Ul; ++k) lhs_uni[k] = rng::below(rng::draw(kl, k), sh.n_lhs);
+      for (int64_t k = 0; k < C * Ur; ++k) rhs_uni[k] = rng::below(rng::draw(kr, k), sh.n_rhs);
+    }
     if (sh.max_norm > 0) {  // every row this batch looks up, before the chunks read them
       // A dense table is looked up whole; otherwise the positives' and uniform rows.
       auto rn = [&](T* table, bool whole, int64_t rows, const int64_t* pos, const int64_t* uni,
@@ -541,14 +533,17 @@ at::Tensor train_bucket_cpu(
   auto out = at::zeros({5}, lhs_emb.options().dtype(at::kDouble));
   if (E == 0) return out;
 
-  // The shuffled edge order (Fisher-Yates with the op's seed).
+  // The shuffled edge order: position i holds edge Shuffle(seed)(i), materialised once so the
+  // workers can prefetch the edges ahead.
   std::vector<int32_t> perm32;
   std::vector<int64_t> perm64;
-  Rng shuffle_rng(static_cast<uint64_t>(seed) * 0x2545F4914F6CDD1DULL + 1);
+  const rng::Shuffle order(static_cast<uint64_t>(seed), static_cast<uint64_t>(E));
   auto shuffle = [&](auto& perm) {
+    using I = typename std::decay_t<decltype(perm)>::value_type;
     perm.resize(E);
-    for (int64_t i = 0; i < E; ++i) perm[i] = static_cast<typename std::decay_t<decltype(perm)>::value_type>(i);
-    for (int64_t i = E - 1; i > 0; --i) std::swap(perm[i], perm[shuffle_rng.below(i + 1)]);
+    at::parallel_for(0, E, 1 << 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) perm[i] = static_cast<I>(order(static_cast<uint64_t>(i)));
+    });
   };
   if (E <= INT32_MAX) shuffle(perm32); else shuffle(perm64);
 
@@ -575,7 +570,7 @@ at::Tensor train_bucket_cpu(
     std::atomic<int64_t> next_batch{0};
     std::vector<std::thread> threads;
     auto run = [&](int64_t w_id) {
-      worker_loop<T>(sh, next_batch, static_cast<uint64_t>(seed) * 1000003ULL + w_id, stats[w_id]);
+      worker_loop<T>(sh, next_batch, static_cast<uint64_t>(seed), stats[w_id]);
     };
     for (int64_t t = 1; t < nworkers; ++t) threads.emplace_back(run, t);
     run(0);

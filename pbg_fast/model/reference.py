@@ -8,6 +8,7 @@ pad) are checked against PBG's semantics, not against a re-derivation of them.
 import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -238,3 +239,190 @@ def chunk_step(
     g_src = next(it) if globals_[0] is not None else src_rows.new_zeros(0)
     g_dst = next(it) if globals_[1] is not None else src_rows.new_zeros(0)
     return total.detach(), grads[0], grads[1], grads[2], g_src, g_dst, violators
+
+
+# --- counter-based random numbers (csrc/kernels/counter_rng.h, same names) ----------------------
+
+_GAMMA = 0x9E3779B97F4A7C15
+_M32 = np.uint64(0xFFFFFFFF)
+SHUFFLE, LHS_NEGATIVES, RHS_NEGATIVES = 1, 2, 3  # stream purposes
+
+
+def _u64(x) -> np.ndarray:
+    """As uint64 (two's complement for negative ints, as a C++ cast), at least 1-D."""
+    if isinstance(x, int):
+        x = x & 0xFFFFFFFFFFFFFFFF
+    return np.atleast_1d(np.asarray(x, dtype=np.uint64))
+
+
+def mix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def rng_draw(key, counter) -> np.ndarray:
+    """Position `counter` of the SplitMix64 stream `key`: mix64(key + (counter + 1) * gamma)."""
+    with np.errstate(over="ignore"):
+        return mix64(_u64(key) + (_u64(counter) + np.uint64(1)) * np.uint64(_GAMMA))
+
+
+def rng_stream_key(seed: int, purpose: int, index: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        inner = mix64(_u64(seed) ^ (_u64(purpose) * np.uint64(_GAMMA)))
+        return mix64(inner + (_u64(index) + np.uint64(1)) * np.uint64(_GAMMA))
+
+
+def rng_below(u: np.ndarray, n: int) -> np.ndarray:
+    """The high 64 bits of u * n (Lemire's scaling into [0, n)), from 32-bit halves."""
+    u, n = _u64(u), _u64(n)
+    with np.errstate(over="ignore"):
+        a_lo, a_hi, b_lo, b_hi = u & _M32, u >> np.uint64(32), n & _M32, n >> np.uint64(32)
+        p0, p1, p2, p3 = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi
+        mid = (p0 >> np.uint64(32)) + (p1 & _M32) + (p2 & _M32)
+        return (p3 + (p1 >> np.uint64(32)) + (p2 >> np.uint64(32)) + (mid >> np.uint64(32))).astype(
+            np.int64)
+
+
+def rng_shuffle(seed: int, n: int) -> np.ndarray:
+    """The shuffled order of [0, n): position i holds Shuffle(seed, n)(i) (4-round Feistel on
+    the smallest even-bit power of two >= n, cycle-walked into [0, n))."""
+    key = rng_stream_key(seed, SHUFFLE, 0)
+    bits = 2
+    while bits < 64 and (1 << bits) < n:
+        bits += 2
+    half = np.uint64(bits // 2)
+    mask = np.uint64((1 << (bits // 2)) - 1)
+
+    def encrypt(x):
+        left, right = x >> half, x & mask
+        for rnd in range(4):
+            f = rng_draw(key, (np.uint64(rnd) << np.uint64(32)) | right) & mask
+            left, right = right, left ^ f
+        return (left << half) | right
+
+    x = encrypt(np.arange(n, dtype=np.uint64))
+    while True:
+        out = x >= np.uint64(n)
+        if not out.any():
+            return x.astype(np.int64)
+        x[out] = encrypt(x[out])
+
+
+def rng_uniform(seed: int, purpose: int, batch: int, count: int, n: int) -> Tensor:
+    """Batch `batch`'s `count` uniform draws in [0, n) of a negatives stream."""
+    key = rng_stream_key(seed, purpose, batch)
+    return torch.from_numpy(rng_below(rng_draw(key, np.arange(count, dtype=np.uint64)), n))
+
+
+# --- the whole bucket ---------------------------------------------------------------------------
+
+
+def _renorm_rows_(emb: Tensor, rows: Tensor, max_norm: float) -> None:
+    rows = torch.unique(rows)
+    norm = emb[rows].norm(dim=1)
+    scale = torch.where(norm > max_norm, max_norm / (norm + 1e-7), torch.ones_like(norm))
+    emb[rows] = emb[rows] * scale.unsqueeze(1)
+
+
+def train_bucket_(
+    lhs_emb, lhs_state, rhs_emb, rhs_state, rhs_op_params, rhs_op_state, lhs_op_params,
+    lhs_op_state, lhs_global, lhs_global_state, rhs_global, rhs_global_state, lhs, rhs, rel,
+    weight, batch_size, num_batch_negs, num_uniform_negs, disable_lhs_negs, disable_rhs_negs,
+    dynamic, comparator, operator, loss_name, margin, relation_weight, lr, relation_lr,
+    workers=1, seed=0, reg_coef=0.0, all_negs=False, max_norm=0.0, on_batch=None,
+) -> Tensor:
+    """Same contract as pbg_fast.ops.train_bucket_ with one worker, batch after batch: the
+    shuffle and the negatives from the counter-based streams, each batch's chunk steps (both
+    directions with dynamic relations) on the tables as they were at the batch's start, then
+    one row-Adagrad step per touched row (its gradient summed over the batch) and element-wise
+    Adagrad on the relation parameters and global embeddings. `on_batch(b)` runs after batch b's
+    updates. Returns [loss, lhs violators, rhs violators, edges, 0]."""
+    if all_negs:
+        raise NotImplementedError("the bucket reference samples negatives (all_negs: see "
+                                  "tests/ops/test_train_bucket.py)")
+    eps = 1e-10
+    same_table = lhs_emb.data_ptr() == rhs_emb.data_ptr()
+    glob = lhs_global.numel() > 0
+    same_glob = glob and (same_table or lhs_global.data_ptr() == rhs_global.data_ptr())
+    n_edges = lhs.numel()
+    chunk = num_batch_negs if num_batch_negs > 0 else num_uniform_negs
+    base = "batch_uniform" if num_batch_negs > 0 else "uniform"
+    lhs_mode, ul = ("uniform", 0) if disable_lhs_negs else (base, num_uniform_negs)
+    rhs_mode, ur = ("uniform", 0) if disable_rhs_negs else (base, num_uniform_negs)
+    rel = rel if rel.numel() else torch.zeros(n_edges, dtype=torch.long)
+    w_all = torch.full((n_edges,), float(relation_weight), dtype=lhs_emb.dtype)
+    if weight is not None:
+        w_all = w_all * weight
+    order = torch.from_numpy(rng_shuffle(seed, n_edges)) if n_edges else torch.zeros(0, dtype=torch.long)
+    stats = torch.zeros(5, dtype=torch.float64)
+    for b in range(math.ceil(n_edges / batch_size)):
+        e = order[b * batch_size:(b + 1) * batch_size]
+        n = e.numel()
+        c = math.ceil(n / chunk)
+        li, ri, rl, w = lhs[e], rhs[e], rel[e], w_all[e]
+        l_uni = rng_uniform(seed, LHS_NEGATIVES, b, c * ul, lhs_emb.shape[0]).view(c, ul)
+        r_uni = rng_uniform(seed, RHS_NEGATIVES, b, c * ur, rhs_emb.shape[0]).view(c, ur)
+        if max_norm > 0:
+            if same_table:
+                _renorm_rows_(lhs_emb, torch.cat([li, l_uni.flatten(), ri, r_uni.flatten()]), max_norm)
+            else:
+                _renorm_rows_(lhs_emb, torch.cat([li, l_uni.flatten()]), max_norm)
+                _renorm_rows_(rhs_emb, torch.cat([ri, r_uni.flatten()]), max_norm)
+        g_lhs = torch.zeros_like(lhs_emb)
+        g_rhs = g_lhs if same_table else torch.zeros_like(rhs_emb)
+        g_ops = [torch.zeros_like(rhs_op_params), torch.zeros_like(lhs_op_params)]
+        g_glob = [torch.zeros_like(lhs_global), torch.zeros_like(rhs_global)]
+        directions = [False, True] if dynamic else [False]
+        for rev in directions:
+            s_emb, d_emb = (rhs_emb, lhs_emb) if rev else (lhs_emb, rhs_emb)
+            s_idx, d_idx = (ri, li) if rev else (li, ri)
+            s_uni, d_uni = (r_uni, l_uni) if rev else (l_uni, r_uni)
+            g_s, g_d = (g_rhs, g_lhs) if rev else (g_lhs, g_rhs)
+            if dynamic:
+                s_mode, d_mode, d_uni = (rhs_mode if rev else lhs_mode), "skip", d_uni[:, :0]
+            else:
+                s_mode, d_mode = lhs_mode, rhs_mode
+            op_params = lhs_op_params if rev else rhs_op_params
+            s_glob = (rhs_global if rev else lhs_global) if glob else None
+            d_glob = (lhs_global if rev else rhs_global) if glob else None
+            total, gs, gd, gop, ggs, ggd, viol = chunk_step(
+                s_emb, d_emb, s_idx, d_idx, rl, op_params, s_uni, d_uni, w, s_glob, d_glob,
+                chunk, s_mode, d_mode, comparator, operator, loss_name, margin, reg_coef)
+            g_s.index_add_(0, torch.cat([s_idx, s_uni.flatten()]), gs)
+            g_d.index_add_(0, torch.cat([d_idx, d_uni.flatten()]), gd)
+            g_ops[1 if rev else 0] += gop
+            if glob:
+                g_glob[1 if rev else 0] += ggs
+                g_glob[0 if rev else 1] += ggd
+            stats[0] += float(total)
+            stats[2 if rev else 1] += float(viol[0])
+            stats[1 if rev else 2] += float(viol[1])
+        # Row Adagrad on every row the batch touched (a row whose gradient sums to zero is
+        # stepped too: its state does not change, nor does the row).
+        for emb, state, g, idx in ([(lhs_emb, lhs_state, g_lhs, torch.cat(
+                [li, l_uni.flatten(), ri, r_uni.flatten()]))] if same_table else
+                [(lhs_emb, lhs_state, g_lhs, torch.cat([li, l_uni.flatten()])),
+                 (rhs_emb, rhs_state, g_rhs, torch.cat([ri, r_uni.flatten()]))]):
+            rows = torch.unique(idx)
+            state[rows] += g[rows].pow(2).mean(1)
+            emb[rows] -= lr * g[rows] / (state[rows].sqrt() + eps).unsqueeze(1)
+        touched = torch.unique(rl)
+        for p, st, g in [(rhs_op_params, rhs_op_state, g_ops[0])] + (
+                [(lhs_op_params, lhs_op_state, g_ops[1])] if dynamic else []):
+            if p.shape[1] == 0:
+                continue
+            st[touched] += g[touched] * g[touched]
+            p[touched] -= relation_lr * g[touched] / (st[touched].sqrt() + eps)
+        if glob:
+            steps = ([(lhs_global, lhs_global_state, g_glob[0] + g_glob[1])] if same_glob else
+                     [(lhs_global, lhs_global_state, g_glob[0]),
+                      (rhs_global, rhs_global_state, g_glob[1])])
+            for p, st, g in steps:
+                st += g * g
+                p -= relation_lr * g / (st.sqrt() + eps)
+        stats[3] += n
+        if on_batch is not None:
+            on_batch(b)
+    return stats
