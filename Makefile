@@ -57,8 +57,11 @@ setup: $(EXT)
 demo: setup
 	$(PY) -m pbg_fast demo $(if $(QUICK),--quick,)
 
+# The CUDA backend's host emulation (tests/ops/test_cuda_host_emulation.py) must run wherever
+# the CUDA toolkit is installed.
 test: setup check-cuda
-	PBG_FAST_REQUIRE_EXT=1 $(PY) -m pytest -q tests
+	PBG_FAST_REQUIRE_EXT=1 PBG_FAST_REQUIRE_CUDA_EMU=$(if $(shell command -v nvcc),1,0) \
+	  $(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory check-portable
 
 # The portable build (x86-64 baseline + run-time ISA dispatch), in build-portable/ (incremental),

@@ -22,11 +22,13 @@ constexpr int kThreadsPerBlock = 256;
 // Grid-stride loops cover any range; more blocks than this only add scheduling overhead.
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
+#if !defined(PBG_CUDA_HOST_EMULATION)
 template <typename F>
 __global__ void for_each_index_kernel(int64_t n, F f) {
   const int64_t stride = int64_t(blockDim.x) * gridDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
 }
+#endif
 
 // Runs f(i) for i in [0, n) on `stream`; returns the launch error. n == 0 launches nothing (a
 // zero-block grid is an error in CUDA).

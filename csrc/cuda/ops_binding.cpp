@@ -4,8 +4,16 @@
 // on the CPU), make inputs contiguous, allocate outputs and scratch with torch's caching
 // allocator, and launch on the current stream of the inputs' device. Compiled only when torch
 // has CUDA (setup.py picks up csrc/cuda/*_binding.cpp).
+//
+// Host emulation (PBG_CUDA_HOST_EMULATION, a test build: tests/ops/test_cuda_host_emulation.py):
+// this same glue and the same launchers, compiled as plain C++ against a CPU torch, run on host
+// tensors (for_each_index() loops instead of launching) and register as the ops of a separate
+// library, pbg_fast_cuda_emu, so the tests check the CUDA path's index logic, workspaces and
+// glue against the CPU kernels and the reference on a machine without a GPU.
+#if !defined(PBG_CUDA_HOST_EMULATION)
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#endif
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -14,13 +22,29 @@
 #include <utility>
 
 #include "../cpu/dispatch.h"
+#include "../op_schemas.h"
 #include "launchers.h"
 
 namespace pbg {
 namespace {
 
+#if defined(PBG_CUDA_HOST_EMULATION)
+// Host memory stands in for the device: the "CUDA" tensors are CPU tensors.
+bool on_device(const at::Tensor& t) { return t.is_cpu(); }
+struct DeviceGuard {
+  explicit DeviceGuard(c10::Device) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+const char* error_string(cudaError_t) { return "(host emulation)"; }
+#else
+bool on_device(const at::Tensor& t) { return t.is_cuda(); }
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+const char* error_string(cudaError_t err) { return cudaGetErrorString(err); }
+#endif
+
 void check_cuda(const at::Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", arg, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(on_device(t), op, ": ", arg, " must be a CUDA tensor, got ", t.device());
 }
 
 // t is a CUDA tensor on ref's device (the kernels dereference every pointer on that device).
@@ -56,10 +80,8 @@ void check_bounds(const at::Tensor& t, int64_t n, const char* op, const char* na
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", error_string(err));
 }
-
-cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 // ---- chunked_neg_scores -------------------------------------------------------------------
 
@@ -105,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chunked_neg_scores_cuda(
     const at::Tensor& rhs_neg, c10::string_view comparator) {
   const Comparator cmp = parse_comparator(std::string(comparator), kScoresOp);
   const ScoresShapes s = check_scores_inputs(lhs_pos, rhs_pos, lhs_neg, rhs_neg, kScoresOp);
-  const c10::cuda::CUDAGuard device_guard(lhs_pos.device());
+  const DeviceGuard device_guard(lhs_pos.device());
   auto lp = lhs_pos.contiguous(), rp = rhs_pos.contiguous();
   auto ln = lhs_neg.contiguous(), rn = rhs_neg.contiguous();
   auto pos = at::empty({s.C, s.P}, lp.options());
@@ -139,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chunked_neg_scores_ba
                     ": grad_lhs_neg has the wrong shape ", grad_lhs_neg.sizes());
   TORCH_CHECK_VALUE(grad_rhs_neg.sizes() == at::IntArrayRef({s.C, s.P, s.R}), kOp,
                     ": grad_rhs_neg has the wrong shape ", grad_rhs_neg.sizes());
-  const c10::cuda::CUDAGuard device_guard(lhs_pos.device());
+  const DeviceGuard device_guard(lhs_pos.device());
   auto lp = lhs_pos.contiguous(), rp = rhs_pos.contiguous();
   auto ln = lhs_neg.contiguous(), rn = rhs_neg.contiguous();
   auto gp = grad_pos.to(lp.scalar_type()).contiguous();
@@ -212,7 +234,7 @@ at::Tensor loss_forward_cuda(const at::Tensor& pos, const at::Tensor& neg,
   constexpr const char* kOp = "loss_forward";
   const Loss loss = parse_loss(std::string(loss_name), kOp);
   auto a = check_loss_inputs(pos, neg, weight, kOp);
-  const c10::cuda::CUDAGuard device_guard(pos.device());
+  const DeviceGuard device_guard(pos.device());
   // The kernel computes the gradients anyway (one pass); here they are scratch.
   auto grad_pos = at::empty_like(a.pos), grad_neg = at::empty_like(a.neg);
   // Summed in double, then cast, as the CPU op: a 0-dim tensor of pos's dtype.
@@ -229,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor> loss_backward_cuda(const at::Tensor& grad,
   const Loss loss = parse_loss(std::string(loss_name), kOp);
   auto a = check_loss_inputs(pos, neg, weight, kOp);
   TORCH_CHECK_VALUE(grad.numel() == 1, kOp, ": grad must be a scalar, got ", grad.sizes());
-  const c10::cuda::CUDAGuard device_guard(pos.device());
+  const DeviceGuard device_guard(pos.device());
   auto grad_pos = at::empty_like(a.pos), grad_neg = at::empty_like(a.neg);
   run_loss(loss, a, margin, grad_pos, grad_neg, kOp);
   auto g = grad.to(a.pos.scalar_type());
@@ -261,7 +283,7 @@ at::Tensor operator_forward_cuda(const at::Tensor& x, const at::Tensor& op_param
   constexpr const char* kOp = "operator_forward";
   const Operator op = parse_operator(std::string(op_name), kOp);
   check_operator_inputs(x, op_params, rel, op, kOp);
-  const c10::cuda::CUDAGuard device_guard(x.device());
+  const DeviceGuard device_guard(x.device());
   auto xc = x.contiguous(), pc = op_params.contiguous(), rc = rel.contiguous();
   auto y = at::empty_like(xc);
   const int64_t N = xc.size(0), D = xc.size(1), K = pc.size(1);
@@ -286,7 +308,7 @@ std::tuple<at::Tensor, at::Tensor> operator_backward_cuda(const at::Tensor& grad
   check_device(grad_out, x, kOp, "grad_out", "x");
   TORCH_CHECK_VALUE(grad_out.sizes() == x.sizes(), kOp, ": grad_out must match x ", x.sizes(),
                     ", got ", grad_out.sizes());
-  const c10::cuda::CUDAGuard device_guard(x.device());
+  const DeviceGuard device_guard(x.device());
   auto xc = x.contiguous(), pc = op_params.contiguous(), rc = rel.contiguous();
   auto gy = grad_out.to(xc.scalar_type()).contiguous();
   const int64_t N = xc.size(0), D = xc.size(1), R = pc.size(0), K = pc.size(1);
@@ -328,7 +350,7 @@ void row_adagrad_cuda(at::Tensor& weight, at::Tensor& state, const at::Tensor& i
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == D, kOp,
                     ": grad must be [", K, ", ", D, "], got ", grad.sizes());
   if (K == 0) return;
-  const c10::cuda::CUDAGuard device_guard(weight.device());
+  const DeviceGuard device_guard(weight.device());
   auto idx = indices.contiguous();
   auto g = grad.contiguous();
   check_bounds(idx, N, kOp, "indices");
@@ -418,7 +440,7 @@ chunk_step_cuda(
                     ": op_params must be [R, ", K, "] for operator '", std::string(op_name),
                     "' at dim ", D, ", got ", op_params.sizes());
   const int64_t R = op_params.size(0);
-  const c10::cuda::CUDAGuard device_guard(src_emb.device());
+  const DeviceGuard device_guard(src_emb.device());
   auto src_i = src_idx.contiguous(), dst_i = dst_idx.contiguous(), rel_i = rel.contiguous();
   auto su = src_uniform.contiguous(), du = dst_uniform.contiguous();
   auto params = op_params.contiguous();
@@ -499,7 +521,14 @@ chunk_step_cuda(
 
 }  // namespace
 
+#if defined(PBG_CUDA_HOST_EMULATION)
+TORCH_LIBRARY(pbg_fast_cuda_emu, m) {
+  for (const char* schema : kOpSchemas) m.def(schema);
+}
+TORCH_LIBRARY_IMPL(pbg_fast_cuda_emu, CPU, m) {
+#else
 TORCH_LIBRARY_IMPL(pbg_fast, CUDA, m) {
+#endif
   m.impl("chunked_neg_scores", &chunked_neg_scores_cuda);
   m.impl("chunked_neg_scores_backward", &chunked_neg_scores_backward_cuda);
   m.impl("loss_forward", &loss_forward_cuda);

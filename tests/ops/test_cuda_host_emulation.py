@@ -1,0 +1,208 @@
+"""The CUDA backend without a GPU: csrc/cuda's launchers and its torch glue (ops_binding.cpp),
+compiled as plain C++ with PBG_CUDA_HOST_EMULATION (every kernel's for_each_index() runs as a
+host loop over the same functor), registered as the ops of pbg_fast_cuda_emu and run on CPU
+tensors. Each op is checked against the CPU kernel (itself checked against the reference) over
+every comparator, operator and loss and ragged shapes: the CUDA path's index logic, workspace
+sizes and glue are tested here, not only compiled. What emulation cannot show: races between
+threads (atomics become plain adds), launch limits, and speed; those need a GPU.
+
+The emulated library is built on first use into build-cuda-emu/ (ninja: only what changed is
+rebuilt). It needs the CUDA toolkit's headers (for the runtime's types), found from CUDA_HOME or
+the nvcc on PATH; without them the module skips, unless PBG_FAST_REQUIRE_CUDA_EMU=1 (CI)."""
+
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import pbg_fast
+from pbg_fast import ops
+from tests.conftest import tolerances
+from tests.ops.test_chunk_step import ARGS, exact_ties, make_case
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = ["csrc/cuda/chunk_step.cu", "csrc/cuda/chunked_neg_scores.cu", "csrc/cuda/losses.cu",
+           "csrc/cuda/operators.cu", "csrc/cuda/row_adagrad.cu", "csrc/cuda/ops_binding.cpp"]
+COMPARATORS = ["dot", "cos", "l2", "squared_l2"]
+OPERATORS = ["none", "translation", "diagonal", "complex_diagonal", "linear", "affine"]
+LOSSES = ["ranking", "logistic", "softmax"]
+
+
+def cuda_include():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = shutil.which("nvcc")
+    if not home and nvcc:  # the toolkit behind nvcc (which may be a wrapper elsewhere)
+        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True)
+        here = [line.split("=", 1)[1].strip() for line in (out.stdout + out.stderr).splitlines()
+                if line.startswith("#$ _HERE_=")]
+        home = str(Path(here[0]).parent) if here else None
+    inc = Path(home) / "include" if home else None
+    return inc if inc and (inc / "cuda_runtime.h").exists() else None
+
+
+@pytest.fixture(scope="module")
+def emu():
+    if pbg_fast.build_info()["cuda_ext"]:
+        pytest.skip("a CUDA build: its real kernels are tested on the device instead")
+    inc = cuda_include()
+    if inc is None:
+        if os.environ.get("PBG_FAST_REQUIRE_CUDA_EMU") == "1":
+            pytest.fail("PBG_FAST_REQUIRE_CUDA_EMU=1 but no CUDA toolkit headers were found "
+                        "(set CUDA_HOME or put nvcc on PATH)")
+        pytest.skip("no CUDA toolkit headers (CUDA_HOME or nvcc) for the host emulation")
+    from torch.utils import cpp_extension
+    build = ROOT / "build-cuda-emu"
+    build.mkdir(exist_ok=True)
+    wrappers = []
+    for src in SOURCES:  # each source compiled as C++ with the emulation switch
+        w = build / (Path(src).stem + "_emu.cpp")
+        text = f'#define PBG_CUDA_HOST_EMULATION\n#include "{ROOT / src}"\n'
+        if not w.exists() or w.read_text() != text:
+            w.write_text(text)
+        wrappers.append(str(w))
+    cpp_extension.load(
+        name="pbg_fast_cuda_emu", sources=wrappers + [str(ROOT / "csrc/cpu/dispatch.cpp")],
+        extra_cflags=["-O1", "-std=c++20", f"-I{inc}"], build_directory=str(build),
+        is_python_module=False, verbose=False)
+    return torch.ops.pbg_fast_cuda_emu
+
+
+def assert_close(got, exp, dtype, what):
+    assert got.shape == exp.shape, (what, got.shape, exp.shape)
+    torch.testing.assert_close(got, exp, **tolerances(dtype), msg=lambda m: f"{what}: {m}")
+
+
+def test_the_emulated_library_has_every_cuda_op(emu):
+    names = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+             if n.startswith("pbg_fast_cuda_emu::")
+             and torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU")}
+    real = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+            if n.startswith("pbg_fast::")}
+    assert names and names <= real
+    assert "chunk_step" in names and "row_adagrad_" in names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(4, 7, 5, 9, 16), (1, 3, 4, 2, 1), (3, 5, 0, 6, 8),
+                                   (2, 4, 3, 0, 8), (0, 5, 3, 3, 4), (2, 0, 3, 3, 4)])
+@pytest.mark.parametrize("comparator", COMPARATORS)
+def test_chunked_neg_scores(emu, comparator, shape, dtype):
+    c, p, l, r, d = shape
+    g = torch.Generator().manual_seed(1)
+    x = [torch.randn(c, n, d, generator=g, dtype=dtype) for n in (p, p, l, r)]
+    cpu = torch.ops.pbg_fast
+    for got, exp in zip(emu.chunked_neg_scores(*x, comparator), cpu.chunked_neg_scores(*x, comparator)):
+        assert_close(got, exp, dtype, "forward")
+    grads = [torch.randn(c, p, generator=g, dtype=dtype), torch.randn(c, p, l, generator=g, dtype=dtype),
+             torch.randn(c, p, r, generator=g, dtype=dtype)]
+    for k, (got, exp) in enumerate(zip(emu.chunked_neg_scores_backward(*grads, *x, comparator),
+                                       cpu.chunked_neg_scores_backward(*grads, *x, comparator))):
+        assert_close(got, exp, dtype, f"backward {k}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shape", [(17, 9), (1, 1), (5, 0), (0, 4)])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_losses(emu, loss, shape, weighted, dtype):
+    n, m = shape
+    g = torch.Generator().manual_seed(2)
+    pos, neg = torch.randn(n, generator=g, dtype=dtype), torch.randn(n, m, generator=g, dtype=dtype)
+    if n and m > 1:
+        neg[0, 0] = -1e9  # a masked negative, as the chunk step makes them
+    w = torch.rand(n, generator=g, dtype=dtype) + 0.5 if weighted else None
+    cpu = torch.ops.pbg_fast
+    assert_close(emu.loss_forward(pos, neg, w, loss, 0.3), cpu.loss_forward(pos, neg, w, loss, 0.3),
+                 dtype, "loss")
+    grad = torch.tensor(0.7, dtype=dtype)
+    for got, exp in zip(emu.loss_backward(grad, pos, neg, w, loss, 0.3),
+                        cpu.loss_backward(grad, pos, neg, w, loss, 0.3)):
+        assert_close(got, exp, dtype, "loss grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(11, 6, 3), (1, 2, 1), (0, 4, 2), (5, 2, 1)])
+@pytest.mark.parametrize("op", OPERATORS)
+def test_operators(emu, op, shape, dtype):
+    n, d, r = shape
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    params = ops.operator_init_params(op, d, r).to(dtype)
+    params += 0.3 * torch.randn(params.shape, generator=g, dtype=dtype)
+    rel = torch.randint(0, r, (n,), generator=g)
+    cpu = torch.ops.pbg_fast
+    assert_close(emu.operator_forward(x, params, rel, op), cpu.operator_forward(x, params, rel, op),
+                 dtype, "forward")
+    go = torch.randn(n, d, generator=g, dtype=dtype)
+    for got, exp in zip(emu.operator_backward(go, x, params, rel, op),
+                        cpu.operator_backward(go, x, params, rel, op)):
+        assert_close(got, exp, dtype, "backward")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_adagrad_with_repeated_rows(emu, dtype):
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(9, 5, generator=g, dtype=dtype)
+    st = torch.rand(9, generator=g, dtype=dtype)
+    idx = torch.tensor([3, 1, 3, 8, 0, 3, 1])  # repeats: summed before the step
+    grad = torch.randn(7, 5, generator=g, dtype=dtype)
+    w2, st2 = w.clone(), st.clone()
+    emu.row_adagrad_(w, st, idx, grad, 0.1, 1e-10)
+    torch.ops.pbg_fast.row_adagrad_(w2, st2, idx, grad, 0.1, 1e-10)
+    assert_close(w, w2, dtype, "weight")
+    assert_close(st, st2, dtype, "state")
+    assert not torch.equal(w, torch.randn(9, 5, generator=torch.Generator().manual_seed(4), dtype=dtype))
+
+
+def check_chunk_step(emu, case, sm, dm, comparator, operator, loss, dtype):
+    args = [case[k] for k in ARGS]
+    got = emu.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, 0.0)
+    exp = ops.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, 0.0)
+    names = ["loss", "src_grad", "dst_grad", "op_param_grad"]
+    for name, o, e in zip(names, got[:4], exp[:4]):
+        assert_close(o, e, dtype, name)
+    assert ((got[6] - exp[6]).abs() <= exact_ties(case, sm, dm)).all(), (got[6], exp[6])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("operator", OPERATORS)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+def test_chunk_step_every_comparator_operator_loss(emu, comparator, operator, loss, dtype):
+    case = make_case(23, 5, 4, 3, 6, operator, dtype, rels=3, global_emb=False)
+    check_chunk_step(emu, case, "batch_uniform", "batch_uniform", comparator, operator, loss, dtype)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+@pytest.mark.parametrize("shape", [
+    (1, 5, 2, 2, 4, "batch_uniform", "batch_uniform"), (7, 50, 3, 3, 4, "batch_uniform", "batch_uniform"),
+    (12, 4, 0, 0, 4, "batch_uniform", "batch_uniform"), (12, 4, 5, 5, 2, "uniform", "uniform"),
+    (12, 4, 0, 0, 2, "uniform", "uniform"), (12, 4, 3, 0, 4, "batch_uniform", "skip"),
+    (12, 4, 0, 3, 4, "skip", "batch_uniform"), (0, 4, 3, 3, 4, "batch_uniform", "batch_uniform")])
+def test_chunk_step_shapes_and_modes(emu, shape, comparator, loss):
+    b, chunk, us, ud, d, sm, dm = shape
+    operator = "translation" if d % 2 else "complex_diagonal"
+    case = make_case(b, chunk, us, ud, d, operator, torch.float64, global_emb=False)
+    check_chunk_step(emu, case, sm, dm, comparator, operator, loss, torch.float64)
+
+
+@pytest.mark.parametrize("operator", ["diagonal", "linear", "affine"])
+def test_chunk_step_dynamic_relations_mixed_within_a_chunk(emu, operator):
+    case = make_case(20, 6, 4, 0, 4, operator, torch.float64, rels=5, dynamic=True,
+                     global_emb=False)
+    check_chunk_step(emu, case, "batch_uniform", "skip", "dot", operator, "softmax", torch.float64)
+
+
+def test_chunk_step_refuses_what_cuda_lacks_by_name(emu):
+    case = make_case(6, 3, 2, 2, 4, "diagonal", torch.float64)  # with global embeddings
+    with pytest.raises(ValueError, match="not supported on CUDA yet"):
+        emu.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
+                       "diagonal", "softmax", 0.2, 0.0)
+    assert math.isfinite(ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform",
+                                        "dot", "diagonal", "softmax", 0.2, 0.0)[0].item())
