@@ -14,7 +14,9 @@
 //      as a negative of its chunk, as a query against the other side's negatives, and as one
 //      side of its positive pair;
 //   7. back through "prepare", then through the operator (parameter gradient: see
-//      operator_rows.cuh).
+//      operator_rows.cuh);
+//   8. global embeddings (added to every row of their side at the gather): their gradient is
+//      the column sum of that side's row gradients.
 // Chunk c holds edges [c*cs, c*cs + P_c), P_c = min(cs, B - c*cs). Negatives j of a side of
 // chunk c: under batch_uniform j < P_c are the chunk's positives (rows c*cs + j) and the rest
 // its uniform rows; under uniform only the uniform rows. Rows of S1/S2 are padded to the widest
@@ -127,7 +129,7 @@ Buffers<T> carve(const ChunkStepArgs<T>& a, const Geometry& g, T* base) {
 }
 
 // out [rows, D]: row r < B is table row idx[r], row r >= B is table row uniform[r - B]
-// (uniform [C, U] flattened). Element i = r * D + k.
+// (uniform [C, U] flattened), plus the side's global embedding if any. Element i = r * D + k.
 template <typename T>
 struct GatherRows {
   const T* table;
@@ -136,11 +138,25 @@ struct GatherRows {
   const int64_t* uniform;
   int64_t num_edges;
   int64_t d;
+  const T* global;  // [D] or null
   T* out;
   PBG_HD void operator()(int64_t i) const {
     const int64_t r = i / d, k = i - r * d;
     const int64_t row = r < num_edges ? idx[r] : uniform[r - num_edges];
-    out[i] = table[row * stride + k];
+    out[i] = table[row * stride + k] + (global ? global[k] : T(0));
+  }
+};
+
+// out[k] = sum_r grad[r, k] (rows in order: the CPU kernel's order of the sum).
+template <typename T>
+struct ColumnSums {
+  const T* grad;
+  int64_t rows, d;
+  T* out;
+  PBG_HD void operator()(int64_t k) const {
+    T acc = 0;
+    for (int64_t r = 0; r < rows; ++r) acc += grad[r * d + k];
+    out[k] = acc;
   }
 };
 
@@ -305,10 +321,13 @@ cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& 
 
   // 1-3. Rows, operator, prepare.
   PBG_CUDA_RETURN_IF_ERROR(for_each_index(
-      NS * D, GatherRows<T>{a.src_emb, a.src_stride, a.src_idx, a.src_uniform, B, D, b.SN},
+      NS * D,
+      GatherRows<T>{a.src_emb, a.src_stride, a.src_idx, a.src_uniform, B, D, a.src_global, b.SN},
       stream));
   PBG_CUDA_RETURN_IF_ERROR(for_each_index(
-      ND * D, GatherRows<T>{a.dst_emb, a.dst_stride, a.dst_idx, a.dst_uniform, B, D, b.DNraw},
+      ND * D,
+      GatherRows<T>{a.dst_emb, a.dst_stride, a.dst_idx, a.dst_uniform, B, D, a.dst_global,
+                    b.DNraw},
       stream));
   if (has_op)
     PBG_CUDA_RETURN_IF_ERROR(
@@ -353,6 +372,14 @@ cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& 
     PBG_CUDA_RETURN_IF_ERROR(detail::operator_backward_rows<O>(
         b.DNraw, a.op_params, K, rel_of, ND, D, b.gDN, a.dst_grad, a.op_param_grad,
         b.op_scratch, b.op_scratch_rows, stream));
+
+  // 8. Global embeddings.
+  if (a.src_global)
+    PBG_CUDA_RETURN_IF_ERROR(
+        for_each_index(D, ColumnSums<T>{a.src_grad, NS, D, a.src_global_grad}, stream));
+  if (a.dst_global)
+    PBG_CUDA_RETURN_IF_ERROR(
+        for_each_index(D, ColumnSums<T>{a.dst_grad, ND, D, a.dst_global_grad}, stream));
   return cudaSuccess;
 }
 

@@ -126,6 +126,8 @@ struct ChunkStepArgs {
   const int64_t* dst_uniform;  // [C, Ud]
   int64_t num_dst_uniform;     // Ud
   const T* weight;             // [B] or null
+  const T* src_global;         // [D] or null: added to every src row (PBG's global_emb)
+  const T* dst_global;         // [D] or null: added to every dst row, before the operator
   // Configuration.
   NegMode src_mode;
   NegMode dst_mode;
@@ -137,6 +139,8 @@ struct ChunkStepArgs {
   T* src_grad;              // [B + C*Us, D], overwritten
   T* dst_grad;              // [B + C*Ud, D], overwritten
   T* op_param_grad;         // [R, K], accumulated into (the caller zeroes it)
+  T* src_global_grad;       // [D], overwritten (when src_global is set)
+  T* dst_global_grad;       // [D], overwritten (when dst_global is set)
   double* edge_loss;        // [B]: loss terms of edge i, both sides
   int64_t* edge_violators;  // [B, 2]: per edge, negatives scoring above the positive, per side
   T* workspace;             // [chunk_step_workspace_size(args)]

@@ -395,10 +395,6 @@ chunk_step_cuda(
   const NegMode dst_mode = parse_neg_mode(std::string(dst_mode_name), kOp, "dst_mode");
   TORCH_CHECK_VALUE(src_mode != NegMode::All && dst_mode != NegMode::All, kOp,
                     ": mode 'all' (all_negs) is not supported on CUDA yet");
-  // TODO(cuda): global embeddings (PBG's global_emb) are CPU-only so far.
-  TORCH_CHECK_VALUE(!(src_global.has_value() && src_global->defined()) &&
-                        !(dst_global.has_value() && dst_global->defined()),
-                    kOp, ": src_global / dst_global are not supported on CUDA yet");
 
   check_float_cuda(src_emb, kOp, "src_emb");
   check_float_cuda(dst_emb, kOp, "dst_emb");
@@ -467,6 +463,16 @@ chunk_step_cuda(
                       w.sizes());
   }
 
+  at::Tensor globals[2];
+  for (auto [g, i, name] : {std::tuple{&src_global, 0, "src_global"}, {&dst_global, 1, "dst_global"}}) {
+    if (!g->has_value() || !(*g)->defined()) continue;
+    globals[i] = (*g)->contiguous();
+    check_device(globals[i], src_emb, kOp, name, "src_emb");
+    check_same_dtype(globals[i], src_emb, kOp, name, "src_emb");
+    TORCH_CHECK_VALUE(globals[i].dim() == 1 && globals[i].size(0) == D, kOp, ": ", name,
+                      " must be [", D, "], got ", globals[i].sizes());
+  }
+
   const int64_t Us = su.size(1), Ud = du.size(1);
   // Every row of src_grad / dst_grad is written by the kernels; op_param_grad is accumulated.
   auto src_grad = at::empty({B + C * Us, D}, src_emb.options());
@@ -474,6 +480,10 @@ chunk_step_cuda(
   auto param_grad = at::zeros({R, K}, src_emb.options());
   auto edge_loss = at::empty({B}, src_emb.options().dtype(at::kDouble));
   auto edge_violators = at::empty({B, 2}, src_emb.options().dtype(at::kLong));
+  // As on the CPU: [D] for a side with a global embedding (zeros when the batch is empty), [0]
+  // otherwise.
+  auto src_global_grad = at::zeros({globals[0].defined() ? D : 0}, src_emb.options());
+  auto dst_global_grad = at::zeros({globals[1].defined() ? D : 0}, src_emb.options());
 
   AT_DISPATCH_FLOATING_TYPES(src_emb.scalar_type(), kOp, [&] {
     using T = scalar_t;
@@ -495,6 +505,10 @@ chunk_step_cuda(
     args.dst_uniform = du.data_ptr<int64_t>();
     args.num_dst_uniform = Ud;
     args.weight = w.defined() ? w.data_ptr<T>() : nullptr;
+    args.src_global = globals[0].defined() ? globals[0].data_ptr<T>() : nullptr;
+    args.dst_global = globals[1].defined() ? globals[1].data_ptr<T>() : nullptr;
+    args.src_global_grad = src_global_grad.data_ptr<T>();
+    args.dst_global_grad = dst_global_grad.data_ptr<T>();
     args.src_mode = src_mode;
     args.dst_mode = dst_mode;
     args.comparator = cmp;
@@ -514,8 +528,7 @@ chunk_step_cuda(
   });
   // Summed in double then cast, as the CPU op sums its per-chunk double losses.
   auto total_loss = edge_loss.sum().to(src_emb.scalar_type());
-  auto no_global = at::zeros({0}, src_emb.options());
-  return {total_loss, src_grad, dst_grad, param_grad, no_global, no_global.clone(),
+  return {total_loss, src_grad, dst_grad, param_grad, src_global_grad, dst_global_grad,
           edge_violators.sum(0)};
 }
 

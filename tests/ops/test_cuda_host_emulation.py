@@ -73,8 +73,12 @@ def emu():
 
 
 def assert_close(got, exp, dtype, what):
+    """The project's kernel tolerance, except that float32 allows 5e-5: the CUDA kernels sum a
+    parameter's gradient over all rows of a batch in another order than the CPU's per-chunk
+    sums (float64 keeps 1e-10)."""
     assert got.shape == exp.shape, (what, got.shape, exp.shape)
-    torch.testing.assert_close(got, exp, **tolerances(dtype), msg=lambda m: f"{what}: {m}")
+    tol = dict(rtol=5e-5, atol=5e-5) if dtype == torch.float32 else tolerances(dtype)
+    torch.testing.assert_close(got, exp, **tol, msg=lambda m: f"{what}: {m}")
 
 
 def test_the_emulated_library_has_every_cuda_op(emu):
@@ -163,8 +167,9 @@ def check_chunk_step(emu, case, sm, dm, comparator, operator, loss, dtype):
     args = [case[k] for k in ARGS]
     got = emu.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, 0.0)
     exp = ops.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, 0.0)
-    names = ["loss", "src_grad", "dst_grad", "op_param_grad"]
-    for name, o, e in zip(names, got[:4], exp[:4]):
+    names = ["loss", "src_grad", "dst_grad", "op_param_grad", "src_global_grad",
+             "dst_global_grad"]
+    for name, o, e in zip(names, got[:6], exp[:6]):
         assert_close(o, e, dtype, name)
     assert ((got[6] - exp[6]).abs() <= exact_ties(case, sm, dm)).all(), (got[6], exp[6])
 
@@ -174,7 +179,7 @@ def check_chunk_step(emu, case, sm, dm, comparator, operator, loss, dtype):
 @pytest.mark.parametrize("operator", OPERATORS)
 @pytest.mark.parametrize("comparator", COMPARATORS)
 def test_chunk_step_every_comparator_operator_loss(emu, comparator, operator, loss, dtype):
-    case = make_case(23, 5, 4, 3, 6, operator, dtype, rels=3, global_emb=False)
+    case = make_case(23, 5, 4, 3, 6, operator, dtype, rels=3)
     check_chunk_step(emu, case, "batch_uniform", "batch_uniform", comparator, operator, loss, dtype)
 
 
@@ -188,21 +193,20 @@ def test_chunk_step_every_comparator_operator_loss(emu, comparator, operator, lo
 def test_chunk_step_shapes_and_modes(emu, shape, comparator, loss):
     b, chunk, us, ud, d, sm, dm = shape
     operator = "translation" if d % 2 else "complex_diagonal"
-    case = make_case(b, chunk, us, ud, d, operator, torch.float64, global_emb=False)
+    case = make_case(b, chunk, us, ud, d, operator, torch.float64)
     check_chunk_step(emu, case, sm, dm, comparator, operator, loss, torch.float64)
 
 
 @pytest.mark.parametrize("operator", ["diagonal", "linear", "affine"])
 def test_chunk_step_dynamic_relations_mixed_within_a_chunk(emu, operator):
-    case = make_case(20, 6, 4, 0, 4, operator, torch.float64, rels=5, dynamic=True,
-                     global_emb=False)
+    case = make_case(20, 6, 4, 0, 4, operator, torch.float64, rels=5, dynamic=True)
     check_chunk_step(emu, case, "batch_uniform", "skip", "dot", operator, "softmax", torch.float64)
 
 
 def test_chunk_step_refuses_what_cuda_lacks_by_name(emu):
-    case = make_case(6, 3, 2, 2, 4, "diagonal", torch.float64)  # with global embeddings
-    with pytest.raises(ValueError, match="not supported on CUDA yet"):
+    case = make_case(6, 3, 2, 2, 4, "diagonal", torch.float64)
+    with pytest.raises(ValueError, match="not supported on CUDA yet"):  # N3
         emu.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
-                       "diagonal", "softmax", 0.2, 0.0)
+                       "diagonal", "softmax", 0.2, 0.1)
     assert math.isfinite(ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform",
-                                        "dot", "diagonal", "softmax", 0.2, 0.0)[0].item())
+                                        "dot", "diagonal", "softmax", 0.2, 0.1)[0].item())
