@@ -16,7 +16,9 @@
 //   7. back through "prepare", then through the operator (parameter gradient: see
 //      operator_rows.cuh);
 //   8. global embeddings (added to every row of their side at the gather): their gradient is
-//      the column sum of that side's row gradients.
+//      the column sum of that side's row gradients;
+//   9. N3 (reg_coef): per edge on its src and dst rows as stored (into the edge's own gradient
+//      rows) and on its relation's parameters (atomically: edges share relations).
 // Chunk c holds edges [c*cs, c*cs + P_c), P_c = min(cs, B - c*cs). Negatives j of a side of
 // chunk c: under batch_uniform j < P_c are the chunk's positives (rows c*cs + j) and the rest
 // its uniform rows; under uniform only the uniform rows. Rows of S1/S2 are padded to the widest
@@ -309,6 +311,60 @@ struct RowGrad {
   }
 };
 
+// N3 of edge e's rows as stored, and the penalty (no gradient) of its relation's parameters.
+template <typename T>
+struct N3Rows {
+  const T* src_emb;
+  int64_t src_stride;
+  const T* dst_emb;
+  int64_t dst_stride;
+  const int64_t *src_idx, *dst_idx, *rel;
+  const T* op_params;
+  int64_t num_params, d;
+  T coef;
+  bool pairs;
+  T *src_grad, *dst_grad;
+  double* edge_loss;
+  PBG_HD void operator()(int64_t e) const {
+    double reg = n3_row(src_emb + src_idx[e] * src_stride, src_grad + e * d, d, coef, pairs);
+    reg += n3_row(dst_emb + dst_idx[e] * dst_stride, dst_grad + e * d, d, coef, pairs);
+    if (num_params > 0) {
+      const T* x = op_params + rel[e] * num_params;
+      const int64_t n = pairs ? num_params / 2 : num_params;
+      T total = 0;
+      for (int64_t k = 0; k < n; ++k) {
+        const T m = pairs ? sqrt(x[k] * x[k] + x[n + k] * x[n + k]) : (x[k] > T(0) ? x[k] : -x[k]);
+        total += m * m * m;
+      }
+      reg += coef * total;
+    }
+    edge_loss[e] += reg;
+  }
+};
+
+// The N3 gradient of edge e's relation parameters, element i = e * K + k, added atomically.
+template <typename T>
+struct N3Params {
+  const int64_t* rel;
+  const T* op_params;
+  int64_t num_params;
+  T coef;
+  bool pairs;
+  T* op_param_grad;
+  PBG_HD void operator()(int64_t i) const {
+    const int64_t e = i / num_params, k = i - e * num_params;
+    const T* x = op_params + rel[e] * num_params;
+    T m;
+    if (pairs) {
+      const int64_t h = num_params / 2, partner = k < h ? k + h : k - h;
+      m = sqrt(x[k] * x[k] + x[partner] * x[partner]);
+    } else {
+      m = x[k] > T(0) ? x[k] : -x[k];
+    }
+    detail::add_to(op_param_grad + rel[e] * num_params + k, T(3) * coef * m * x[k]);
+  }
+};
+
 template <Comparator Cm, Operator O, Loss L, typename T>
 cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& b,
                 cudaStream_t stream) {
@@ -380,6 +436,19 @@ cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& 
   if (a.dst_global)
     PBG_CUDA_RETURN_IF_ERROR(
         for_each_index(D, ColumnSums<T>{a.dst_grad, ND, D, a.dst_global_grad}, stream));
+
+  // 9. N3.
+  if (a.reg_coef != T(0)) {
+    constexpr bool pairs = O == Operator::ComplexDiagonal;
+    PBG_CUDA_RETURN_IF_ERROR(for_each_index(
+        B,
+        N3Rows<T>{a.src_emb, a.src_stride, a.dst_emb, a.dst_stride, a.src_idx, a.dst_idx, a.rel,
+                  a.op_params, K, D, a.reg_coef, pairs, a.src_grad, a.dst_grad, a.edge_loss},
+        stream));
+    if (K > 0)
+      PBG_CUDA_RETURN_IF_ERROR(for_each_index(
+          B * K, N3Params<T>{a.rel, a.op_params, K, a.reg_coef, pairs, a.op_param_grad}, stream));
+  }
   return cudaSuccess;
 }
 

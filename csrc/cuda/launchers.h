@@ -135,6 +135,7 @@ struct ChunkStepArgs {
   Operator op;
   Loss loss;
   T margin;
+  T reg_coef;  // N3 on the positives' rows (as stored) and their relations' parameters; 0: off
   // Outputs.
   T* src_grad;              // [B + C*Us, D], overwritten
   T* dst_grad;              // [B + C*Ud, D], overwritten

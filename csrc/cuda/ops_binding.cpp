@@ -387,7 +387,6 @@ chunk_step_cuda(
     c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,
     c10::string_view loss_name, double margin, double reg_coef) {
   constexpr const char* kOp = "chunk_step";
-  TORCH_CHECK_VALUE(reg_coef == 0.0, kOp, ": reg_coef (N3) is not supported on CUDA yet");
   const Comparator cmp = parse_comparator(std::string(comparator), kOp);
   const Operator op = parse_operator(std::string(op_name), kOp);
   const Loss loss = parse_loss(std::string(loss_name), kOp);
@@ -515,6 +514,7 @@ chunk_step_cuda(
     args.op = op;
     args.loss = loss;
     args.margin = static_cast<T>(margin);
+    args.reg_coef = static_cast<T>(reg_coef);
     args.src_grad = src_grad.data_ptr<T>();
     args.dst_grad = dst_grad.data_ptr<T>();
     args.op_param_grad = param_grad.data_ptr<T>();

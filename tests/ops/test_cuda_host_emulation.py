@@ -163,10 +163,10 @@ def test_row_adagrad_with_repeated_rows(emu, dtype):
     assert not torch.equal(w, torch.randn(9, 5, generator=torch.Generator().manual_seed(4), dtype=dtype))
 
 
-def check_chunk_step(emu, case, sm, dm, comparator, operator, loss, dtype):
+def check_chunk_step(emu, case, sm, dm, comparator, operator, loss, dtype, reg=0.0):
     args = [case[k] for k in ARGS]
-    got = emu.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, 0.0)
-    exp = ops.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, 0.0)
+    got = emu.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, reg)
+    exp = ops.chunk_step(*args, sm, dm, comparator, operator, loss, 0.2, reg)
     names = ["loss", "src_grad", "dst_grad", "op_param_grad", "src_global_grad",
              "dst_global_grad"]
     for name, o, e in zip(names, got[:6], exp[:6]):
@@ -203,10 +203,18 @@ def test_chunk_step_dynamic_relations_mixed_within_a_chunk(emu, operator):
     check_chunk_step(emu, case, "batch_uniform", "skip", "dot", operator, "softmax", torch.float64)
 
 
+@pytest.mark.parametrize("operator", ["complex_diagonal", "diagonal", "linear", "none"])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_chunk_step_n3(emu, operator, dynamic):
+    case = make_case(17, 5, 3, 0 if dynamic else 3, 6, operator, torch.float64, rels=3,
+                     dynamic=dynamic)
+    check_chunk_step(emu, case, "batch_uniform", "skip" if dynamic else "batch_uniform", "dot",
+                     operator, "softmax", torch.float64, reg=0.05)
+
+
 def test_chunk_step_refuses_what_cuda_lacks_by_name(emu):
-    case = make_case(6, 3, 2, 2, 4, "diagonal", torch.float64)
-    with pytest.raises(ValueError, match="not supported on CUDA yet"):  # N3
-        emu.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
-                       "diagonal", "softmax", 0.2, 0.1)
-    assert math.isfinite(ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform",
-                                        "dot", "diagonal", "softmax", 0.2, 0.1)[0].item())
+    case = make_case(6, 3, 0, 0, 4, "none", torch.float64)
+    with pytest.raises(ValueError, match="not supported on CUDA yet"):
+        emu.chunk_step(*[case[k] for k in ARGS], "all", "all", "dot", "none", "softmax", 0.2, 0.0)
+    assert math.isfinite(ops.chunk_step(*[case[k] for k in ARGS], "all", "all", "dot", "none",
+                                        "softmax", 0.2, 0.0)[0].item())
