@@ -31,6 +31,7 @@
 #include "chunk_step.h"
 #include "dispatch.h"
 #include "isa_dispatch.h"
+#include "train_bucket_args.h"
 
 namespace pbg {
 namespace cpu {
@@ -425,18 +426,6 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
   }
 }
 
-void check_table(const at::Tensor& emb, const at::Tensor& state, const char* emb_name,
-                 const char* state_name) {
-  check_float_matrix(emb, kOp, emb_name);
-  TORCH_CHECK_VALUE(emb.dim() == 2 && emb.is_contiguous(), kOp, ": ", emb_name,
-                    " must be a contiguous [N, D] tensor, got ", emb.sizes());
-  check_cpu(state, kOp, state_name);
-  check_same_dtype(state, emb, kOp, state_name, emb_name);
-  TORCH_CHECK_VALUE(state.dim() == 1 && state.size(0) == emb.size(0) && state.is_contiguous(),
-                    kOp, ": ", state_name, " must be a contiguous [", emb.size(0), "], got ",
-                    state.sizes());
-}
-
 at::Tensor train_bucket_cpu(
     at::Tensor& lhs_emb, at::Tensor& lhs_state, at::Tensor& rhs_emb, at::Tensor& rhs_state,
     at::Tensor& rhs_op_params, at::Tensor& rhs_op_state, at::Tensor& lhs_op_params,
@@ -449,86 +438,20 @@ at::Tensor train_bucket_cpu(
     double relation_lr, int64_t workers, int64_t seed, double reg_coef, bool all_negs,
     double max_norm) {
   const auto t0 = std::chrono::steady_clock::now();
-  const Comparator cmp = parse_comparator(std::string(comparator), kOp);
-  const Operator op = parse_operator(std::string(op_name), kOp);
-  const Loss loss = parse_loss(std::string(loss_name), kOp);
-  check_table(lhs_emb, lhs_state, "lhs_emb", "lhs_state");
-  check_table(rhs_emb, rhs_state, "rhs_emb", "rhs_state");
-  check_same_dtype(rhs_emb, lhs_emb, kOp, "rhs_emb", "lhs_emb");
-  const int64_t D = lhs_emb.size(1);
-  TORCH_CHECK_VALUE(rhs_emb.size(1) == D, kOp, ": rhs_emb has dim ", rhs_emb.size(1),
-                    ", lhs_emb has ", D);
-  TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, kOp,
-                    ": complex_diagonal needs an even dim, got ", D);
-  const int64_t K = operator_num_params(op, D);
-  for (auto [p, s, pn, sn] : {std::tuple{&rhs_op_params, &rhs_op_state, "rhs_op_params", "rhs_op_state"},
-                             {&lhs_op_params, &lhs_op_state, "lhs_op_params", "lhs_op_state"}}) {
-    check_cpu(*p, kOp, pn);
-    check_same_dtype(*p, lhs_emb, kOp, pn, "lhs_emb");
-    check_same_dtype(*s, lhs_emb, kOp, sn, "lhs_emb");
-    TORCH_CHECK_VALUE(p->dim() == 2 && p->size(1) == K && p->is_contiguous(), kOp, ": ", pn,
-                      " must be a contiguous [R, ", K, "], got ", p->sizes());
-    TORCH_CHECK_VALUE(s->sizes() == p->sizes() && s->is_contiguous(), kOp, ": ", sn,
-                      " must match ", pn);
-  }
-  const int64_t R = rhs_op_params.size(0);
-  TORCH_CHECK_VALUE(!dynamic || lhs_op_params.size(0) == R, kOp,
-                    ": with dynamic relations lhs_op_params must have ", R, " rows");
-  const bool glob = lhs_global.numel() > 0;
-  for (auto [g, s, gn] : {std::tuple{&lhs_global, &lhs_global_state, "lhs_global"},
-                          {&rhs_global, &rhs_global_state, "rhs_global"}}) {
-    check_cpu(*g, kOp, gn);
-    check_same_dtype(*g, lhs_emb, kOp, gn, "lhs_emb");
-    TORCH_CHECK_VALUE((glob ? (g->dim() == 1 && g->size(0) == D) : g->numel() == 0) &&
-                          s->sizes() == g->sizes(),
-                      kOp, ": ", gn, " and its state must both be [", D, "] (or both empty)");
-  }
-  for (auto [t, name] : {std::pair{&lhs, "lhs"}, {&rhs, "rhs"}, {&rel, "rel"}}) check_index(*t, kOp, name);
-  const int64_t E = lhs.numel();
-  TORCH_CHECK_VALUE(lhs.dim() == 1 && rhs.dim() == 1 && rhs.numel() == E &&
-                        (rel.numel() == E || rel.numel() == 0),
-                    kOp, ": lhs, rhs (and rel, unless empty) must be 1-D of one length");
-  auto bounds = [&](const at::Tensor& t, int64_t n, const char* name) {
-    if (t.numel() == 0) return;
-    const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
-    TORCH_CHECK_INDEX(lo >= 0 && hi < n, kOp, ": ", name, " out of range [0, ", n, "): min ", lo,
-                      ", max ", hi);
-  };
-  bounds(lhs, lhs_emb.size(0), "lhs");
-  bounds(rhs, rhs_emb.size(0), "rhs");
-  bounds(rel, R, "rel");
-  TORCH_CHECK_VALUE(batch_size > 0, kOp, ": batch_size must be positive");
-  TORCH_CHECK_VALUE(num_batch_negs >= 0 && num_uniform_negs >= 0, kOp,
-                    ": negative counts must be non-negative");
-  TORCH_CHECK_VALUE(all_negs || num_batch_negs > 0 || num_uniform_negs > 0, kOp,
-                    ": num_batch_negs and num_uniform_negs cannot both be 0");
-  TORCH_CHECK_VALUE(!all_negs || dynamic || disable_rhs_negs || op == Operator::None, kOp,
-                    ": all_negs with static relations needs operator 'none' (the operator acts on "
-                    "the rhs side); use dynamic relations");
-  TORCH_CHECK_VALUE(!(disable_lhs_negs && disable_rhs_negs), kOp,
-                    ": cannot disable negatives on both sides");
-  TORCH_CHECK_VALUE(dynamic || R == 1 || rel.numel() > 0, kOp, ": rel needed with several relations");
-  TORCH_CHECK_VALUE(workers >= 1, kOp, ": workers must be >= 1, got ", workers);
-  TORCH_CHECK_VALUE(max_norm >= 0, kOp, ": max_norm must be >= 0 (0: off), got ", max_norm);
-  at::Tensor w;
-  if (weight.has_value() && weight->defined()) {
-    w = weight->contiguous();
-    check_cpu(w, kOp, "weight");
-    check_same_dtype(w, lhs_emb, kOp, "weight", "lhs_emb");
-    TORCH_CHECK_VALUE(w.dim() == 1 && w.numel() == E, kOp, ": weight must be [", E, "]");
-  }
-  // PBG: num_batch_negs = 0 means uniform negatives only, in chunks of num_uniform_negs.
-  // all_negs: every entity of the partition. The negatives do not depend on the chunk, so the
-  // chunk is only a blocking choice: as many edges as keep a chunk's score matrix within 16M
-  // entries (the score GEMMs against the whole table run ~1.6x faster at 400 rows than at 50).
-  const NegMode base = all_negs ? NegMode::All
-                       : num_batch_negs > 0 ? NegMode::BatchUniform : NegMode::Uniform;
-  const int64_t all_chunk = std::clamp<int64_t>(
-      (int64_t(1) << 24) / std::max<int64_t>(1, std::max(lhs_emb.size(0), rhs_emb.size(0))), 1,
-      batch_size);
-  const int64_t chunk = all_negs ? all_chunk : num_batch_negs > 0 ? num_batch_negs : num_uniform_negs;
-  const int64_t num_uniform = all_negs ? 0 : num_uniform_negs;
-  // A disabled side is PBG's Negatives.NONE: a loss term with no negatives ('uniform', U = 0).
+  const TrainBucketPlan plan = check_train_bucket(
+      lhs_emb, lhs_state, rhs_emb, rhs_state, rhs_op_params, rhs_op_state, lhs_op_params,
+      lhs_op_state, lhs_global, lhs_global_state, rhs_global, rhs_global_state, lhs, rhs, rel,
+      weight, batch_size, num_batch_negs, num_uniform_negs, disable_lhs_negs, disable_rhs_negs,
+      dynamic, comparator, op_name, loss_name, margin, relation_weight, lr, relation_lr, workers,
+      seed, reg_coef, all_negs, max_norm, c10::DeviceType::CPU);
+  const Comparator cmp = plan.cmp;
+  const Operator op = plan.op;
+  const Loss loss = plan.loss;
+  const int64_t D = plan.D, K = plan.K, R = plan.R, E = plan.E;
+  const bool glob = plan.glob;
+  const NegMode base = plan.base;
+  const int64_t chunk = plan.chunk, num_uniform = plan.num_uniform;
+  const at::Tensor& w = plan.weight;
   auto lhs_i = lhs.contiguous(), rhs_i = rhs.contiguous(), rel_i = rel.contiguous();
   auto out = at::zeros({5}, lhs_emb.options().dtype(at::kDouble));
   if (E == 0) return out;
