@@ -150,6 +150,40 @@ struct ChunkStepArgs {
 template <typename T>
 int64_t chunk_step_workspace_size(const ChunkStepArgs<T>& args);
 
+// ---- train_bucket_ (train_bucket.cu) ----------------------------------------------------------
+
+// Batch edges: for i < n, edge e = Shuffle(seed, num_edges)(first + i) (counter_rng.h) gives
+// lhs_b[i] = lhs[e], rhs_b[i] = rhs[e], rel_b[i] = rel[e] (0 if rel is null) and
+// w_b[i] = relation_weight * weight[e] (weight null: 1).
+template <typename T>
+cudaError_t batch_edges(uint64_t seed, int64_t num_edges, int64_t first, int64_t n,
+                        const int64_t* lhs, const int64_t* rhs, const int64_t* rel,
+                        const T* weight, T relation_weight, int64_t* lhs_b, int64_t* rhs_b,
+                        int64_t* rel_b, T* w_b, cudaStream_t stream);
+
+// out[k] = below(draw(stream_key(seed, purpose, batch), k), n) for k < count.
+cudaError_t uniform_draws(uint64_t seed, uint64_t purpose, int64_t batch, int64_t count,
+                          int64_t n, int64_t* out, cudaStream_t stream);
+
+// max_norm on each distinct row named in sorted [M] (sorted ascending): scaled to max_norm if
+// longer, once.
+template <typename T>
+cudaError_t renorm_sorted_rows(T* emb, int64_t D, const int64_t* sorted, int64_t M, T max_norm,
+                               cudaStream_t stream);
+
+// Row-wise Adagrad on the distinct rows of sorted [M] (a stable sort of the rows' indices;
+// order [M] maps a sorted position to its row of grad [M, D]): each row steps once with the
+// sum of its gradient rows, in their original order. summed: [M, D] scratch.
+template <typename T>
+cudaError_t row_adagrad_sorted(T* weight, T* state, int64_t D, const T* grad,
+                               const int64_t* sorted, const int64_t* order, int64_t M,
+                               T* summed, T lr, T eps, cudaStream_t stream);
+
+// Element-wise Adagrad on n parameters: state += g^2; p -= lr g / (sqrt(state) + eps).
+template <typename T>
+cudaError_t dense_adagrad(T* p, T* state, const T* g, int64_t n, T lr, T eps,
+                          cudaStream_t stream);
+
 template <typename T>
 cudaError_t chunk_step(const ChunkStepArgs<T>& args, cudaStream_t stream);
 

@@ -17,11 +17,16 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include <algorithm>
+#include <chrono>
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "../cpu/dispatch.h"
+#include "../cpu/train_bucket_args.h"
+#include "../kernels/counter_rng.h"
 #include "../op_schemas.h"
 #include "launchers.h"
 
@@ -532,6 +537,257 @@ chunk_step_cuda(
           edge_violators.sum(0)};
 }
 
+
+// ---- the whole bucket ---------------------------------------------------------------------
+
+// train_bucket_ on the device: the contract (train_bucket_args.h) and the math of the CPU op
+// (csrc/cpu/train_bucket.cpp), batch after batch on the current stream with no host round trip
+// inside the loop (torch ops here are asynchronous: cat, sort, sums). Per batch: its edges in
+// the counter-based shuffled order and its uniform negatives (train_bucket.cu), max_norm on the
+// rows it looks up, the chunk step per direction (chunk_step.cu), then one row-Adagrad step per
+// distinct touched row (sorted, summed: exact for repeated rows) and element-wise Adagrad on the
+// relation parameters and global embeddings. Batches run one after another (no HOGWILD on the
+// device: `workers` is ignored), so one seed gives one result, up to the order of atomic adds in
+// the relation-parameter gradient.
+at::Tensor train_bucket_cuda(
+    at::Tensor& lhs_emb, at::Tensor& lhs_state, at::Tensor& rhs_emb, at::Tensor& rhs_state,
+    at::Tensor& rhs_op_params, at::Tensor& rhs_op_state, at::Tensor& lhs_op_params,
+    at::Tensor& lhs_op_state, at::Tensor& lhs_global, at::Tensor& lhs_global_state,
+    at::Tensor& rhs_global, at::Tensor& rhs_global_state, const at::Tensor& lhs,
+    const at::Tensor& rhs, const at::Tensor& rel, const c10::optional<at::Tensor>& weight,
+    int64_t batch_size, int64_t num_batch_negs, int64_t num_uniform_negs, bool disable_lhs_negs,
+    bool disable_rhs_negs, bool dynamic, c10::string_view comparator, c10::string_view op_name,
+    c10::string_view loss_name, double margin, double relation_weight, double lr,
+    double relation_lr, int64_t workers, int64_t seed, double reg_coef, bool all_negs,
+    double max_norm) {
+  constexpr const char* kOp = "train_bucket_";
+  const auto t0 = std::chrono::steady_clock::now();
+#if defined(PBG_CUDA_HOST_EMULATION)
+  constexpr auto kDevice = c10::DeviceType::CPU;
+#else
+  constexpr auto kDevice = c10::DeviceType::CUDA;
+#endif
+  const TrainBucketPlan plan = check_train_bucket(
+      lhs_emb, lhs_state, rhs_emb, rhs_state, rhs_op_params, rhs_op_state, lhs_op_params,
+      lhs_op_state, lhs_global, lhs_global_state, rhs_global, rhs_global_state, lhs, rhs, rel,
+      weight, batch_size, num_batch_negs, num_uniform_negs, disable_lhs_negs, disable_rhs_negs,
+      dynamic, comparator, op_name, loss_name, margin, relation_weight, lr, relation_lr, workers,
+      seed, reg_coef, all_negs, max_norm, kDevice);
+  TORCH_CHECK_VALUE(!all_negs, kOp, ": all_negs is not supported on CUDA yet");
+  for (auto [t, name] : {std::pair{&lhs_emb, "lhs_emb"}, {&rhs_emb, "rhs_emb"},
+                         {&rhs_op_params, "rhs_op_params"}, {&lhs_global, "lhs_global"}})
+    check_device(*t, lhs_emb, kOp, name, "lhs_emb");
+  const DeviceGuard device_guard(lhs_emb.device());
+  const int64_t D = plan.D, E = plan.E, cs = plan.chunk;
+  auto stats = at::zeros({5}, lhs_emb.options().dtype(at::kDouble));
+  if (E == 0) return stats;
+  const bool same_table = lhs_emb.data_ptr() == rhs_emb.data_ptr();
+  const bool same_glob = plan.glob && (same_table || lhs_global.data_ptr() == rhs_global.data_ptr());
+  const NegMode lhs_mode = disable_lhs_negs ? NegMode::Uniform : plan.base;
+  const NegMode rhs_mode = disable_rhs_negs ? NegMode::Uniform : plan.base;
+  const int64_t Ul = disable_lhs_negs ? 0 : plan.num_uniform;
+  const int64_t Ur = disable_rhs_negs ? 0 : plan.num_uniform;
+  const auto idx_opts = lhs.options();
+  auto lhs_i = lhs.contiguous(), rhs_i = rhs.contiguous(), rel_i = rel.contiguous();
+  const int64_t Bmax = std::min(batch_size, E), Cmax = (Bmax + cs - 1) / cs;
+  auto lhs_b = at::empty({Bmax}, idx_opts), rhs_b = at::empty({Bmax}, idx_opts);
+  auto rel_b = at::empty({Bmax}, idx_opts), w_b = at::empty({Bmax}, lhs_emb.options());
+  auto l_uni = at::empty({Cmax * Ul}, idx_opts), r_uni = at::empty({Cmax * Ur}, idx_opts);
+  auto edge_loss = at::empty({Bmax}, lhs_emb.options().dtype(at::kDouble));
+  auto edge_viol = at::empty({Bmax, 2}, idx_opts);
+  auto loss_sum = at::zeros({}, lhs_emb.options().dtype(at::kDouble));
+  auto viol_sum = at::zeros({2}, idx_opts);  // lhs, rhs
+  const int64_t R = plan.R, K = plan.K;
+  auto g_rhs_op = at::empty({R, K}, lhs_emb.options());
+  auto g_lhs_op = at::empty({dynamic ? R : 0, K}, lhs_emb.options());
+  auto g_glob = at::empty({2, plan.glob ? D : 0}, lhs_emb.options());  // lhs, rhs
+  const int64_t num_batches = (E + batch_size - 1) / batch_size;
+  const uint64_t useed = static_cast<uint64_t>(seed);
+  cudaStream_t stream = current_stream();
+
+  AT_DISPATCH_FLOATING_TYPES(lhs_emb.scalar_type(), kOp, [&] {
+    using T = scalar_t;
+    const T eps = T(1e-10);
+    for (int64_t b = 0; b < num_batches; ++b) {
+      const int64_t n = std::min(batch_size, E - b * batch_size), C = (n + cs - 1) / cs;
+      check_launch(cuda::batch_edges<T>(useed, E, b * batch_size, n, lhs_i.data_ptr<int64_t>(),
+                                        rhs_i.data_ptr<int64_t>(),
+                                        rel_i.numel() ? rel_i.data_ptr<int64_t>() : nullptr,
+                                        plan.weight.defined() ? plan.weight.data_ptr<T>() : nullptr,
+                                        static_cast<T>(relation_weight), lhs_b.data_ptr<int64_t>(),
+                                        rhs_b.data_ptr<int64_t>(), rel_b.data_ptr<int64_t>(),
+                                        w_b.data_ptr<T>(), stream),
+                   kOp);
+      check_launch(cuda::uniform_draws(useed, rng::kLhsNegatives, b, C * Ul, lhs_emb.size(0),
+                                       l_uni.data_ptr<int64_t>(), stream), kOp);
+      check_launch(cuda::uniform_draws(useed, rng::kRhsNegatives, b, C * Ur, rhs_emb.size(0),
+                                       r_uni.data_ptr<int64_t>(), stream), kOp);
+      const at::Tensor lb = lhs_b.narrow(0, 0, n), rb = rhs_b.narrow(0, 0, n);
+      const at::Tensor relb = rel_b.narrow(0, 0, n), wb = w_b.narrow(0, 0, n);
+      const at::Tensor lu = l_uni.narrow(0, 0, C * Ul), ru = r_uni.narrow(0, 0, C * Ur);
+      if (max_norm > 0) {  // every row this batch looks up, each once
+        auto renorm = [&](at::Tensor& table, const at::Tensor& rows) {
+          const at::Tensor sorted = std::get<0>(rows.sort());
+          check_launch(cuda::renorm_sorted_rows<T>(table.data_ptr<T>(), D,
+                                                   sorted.data_ptr<int64_t>(), sorted.numel(),
+                                                   static_cast<T>(max_norm), stream),
+                       kOp);
+        };
+        if (same_table) {
+          renorm(lhs_emb, at::cat({lb, lu, rb, ru}));
+        } else {
+          renorm(lhs_emb, at::cat({lb, lu}));
+          renorm(rhs_emb, at::cat({rb, ru}));
+        }
+      }
+      g_rhs_op.zero_();
+      g_lhs_op.zero_();
+      g_glob.zero_();
+      // Gradient rows, and the table rows they belong to, per table (lhs, rhs).
+      std::vector<at::Tensor> rows[2], grads[2];
+      for (int rev = 0; rev < (dynamic ? 2 : 1); ++rev) {
+        const at::Tensor& s_idx = rev ? rb : lb;
+        const at::Tensor& d_idx = rev ? lb : rb;
+        at::Tensor s_uni = rev ? ru : lu, d_uni = rev ? lu : ru;
+        NegMode smode = lhs_mode, dmode = rhs_mode;
+        if (dynamic) {
+          smode = rev ? rhs_mode : lhs_mode;
+          dmode = NegMode::Skip;
+          d_uni = d_uni.narrow(0, 0, 0);
+        }
+        const int64_t Us = s_uni.numel() / std::max<int64_t>(C, 1);
+        const int64_t Ud = d_uni.numel() / std::max<int64_t>(C, 1);
+        const at::Tensor& s_emb = rev ? rhs_emb : lhs_emb;
+        const at::Tensor& d_emb = rev ? lhs_emb : rhs_emb;
+        const at::Tensor& params = rev ? lhs_op_params : rhs_op_params;
+        auto src_grad = at::empty({n + C * Us, D}, lhs_emb.options());
+        auto dst_grad = at::empty({n + C * Ud, D}, lhs_emb.options());
+        cuda::ChunkStepArgs<T> args{};
+        args.src_emb = s_emb.data_ptr<T>();
+        args.src_stride = D;
+        args.dst_emb = d_emb.data_ptr<T>();
+        args.dst_stride = D;
+        args.op_params = params.data_ptr<T>();
+        args.num_params = K;
+        args.dim = D;
+        args.src_idx = s_idx.data_ptr<int64_t>();
+        args.dst_idx = d_idx.data_ptr<int64_t>();
+        args.rel = relb.data_ptr<int64_t>();
+        args.num_edges = n;
+        args.chunk_size = cs;
+        args.src_uniform = s_uni.data_ptr<int64_t>();
+        args.num_src_uniform = Us;
+        args.dst_uniform = d_uni.data_ptr<int64_t>();
+        args.num_dst_uniform = Ud;
+        args.weight = wb.data_ptr<T>();
+        if (plan.glob) {
+          args.src_global = (rev ? rhs_global : lhs_global).data_ptr<T>();
+          args.dst_global = (rev ? lhs_global : rhs_global).data_ptr<T>();
+          args.src_global_grad = g_glob[rev ? 1 : 0].data_ptr<T>();
+          args.dst_global_grad = g_glob[rev ? 0 : 1].data_ptr<T>();
+        }
+        args.src_mode = smode;
+        args.dst_mode = dmode;
+        args.comparator = plan.cmp;
+        args.op = plan.op;
+        args.loss = plan.loss;
+        args.margin = static_cast<T>(margin);
+        args.reg_coef = static_cast<T>(reg_coef);
+        args.src_grad = src_grad.data_ptr<T>();
+        args.dst_grad = dst_grad.data_ptr<T>();
+        args.op_param_grad = (rev ? g_lhs_op : g_rhs_op).data_ptr<T>();
+        args.edge_loss = edge_loss.data_ptr<double>();
+        args.edge_violators = edge_viol.data_ptr<int64_t>();
+        auto workspace = at::empty({cuda::chunk_step_workspace_size(args)}, lhs_emb.options());
+        args.workspace = workspace.data_ptr<T>();
+        if (plan.glob) {  // chunk_step overwrites the global gradients: accumulate via scratch
+          auto gs = at::empty({D}, lhs_emb.options()), gd = at::empty({D}, lhs_emb.options());
+          args.src_global_grad = gs.data_ptr<T>();
+          args.dst_global_grad = gd.data_ptr<T>();
+          check_launch(cuda::chunk_step<T>(args, stream), kOp);
+          g_glob[rev ? 1 : 0].add_(gs);
+          g_glob[rev ? 0 : 1].add_(gd);
+        } else {
+          check_launch(cuda::chunk_step<T>(args, stream), kOp);
+        }
+        loss_sum.add_(edge_loss.narrow(0, 0, n).sum());
+        auto v = edge_viol.narrow(0, 0, n).sum(0);  // (src side, dst side)
+        viol_sum[rev ? 1 : 0].add_(v[0]);
+        viol_sum[rev ? 0 : 1].add_(v[1]);
+        const int s_tab = rev ? 1 : 0, d_tab = rev ? 0 : 1;
+        rows[s_tab].push_back(s_idx);
+        rows[s_tab].push_back(s_uni);
+        grads[s_tab].push_back(src_grad);
+        rows[d_tab].push_back(d_idx);
+        rows[d_tab].push_back(d_uni);
+        grads[d_tab].push_back(dst_grad);
+      }
+      // Row Adagrad: one step per distinct row of each table, from the sum of its rows.
+      auto step_rows = [&](at::Tensor& emb, at::Tensor& state, const std::vector<at::Tensor>& r,
+                           const std::vector<at::Tensor>& g) {
+        const at::Tensor keys = at::cat(r), grad = at::cat(g);
+        auto sorted = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+        const at::Tensor& sk = std::get<0>(sorted);
+        const at::Tensor& order = std::get<1>(sorted);
+        auto summed = at::empty_like(grad);
+        check_launch(cuda::row_adagrad_sorted<T>(
+                         emb.data_ptr<T>(), state.data_ptr<T>(), D, grad.data_ptr<T>(),
+                         sk.data_ptr<int64_t>(), order.data_ptr<int64_t>(), keys.numel(),
+                         summed.data_ptr<T>(), static_cast<T>(lr), eps, stream),
+                     kOp);
+      };
+      if (same_table) {
+        std::vector<at::Tensor> r = rows[0], g = grads[0];
+        r.insert(r.end(), rows[1].begin(), rows[1].end());
+        g.insert(g.end(), grads[1].begin(), grads[1].end());
+        step_rows(lhs_emb, lhs_state, r, g);
+      } else {
+        step_rows(lhs_emb, lhs_state, rows[0], grads[0]);
+        step_rows(rhs_emb, rhs_state, rows[1], grads[1]);
+      }
+      // Relation parameters (an untouched relation's zero gradient leaves it as it is).
+      if (K > 0) {
+        check_launch(cuda::dense_adagrad<T>(rhs_op_params.data_ptr<T>(), rhs_op_state.data_ptr<T>(),
+                                            g_rhs_op.data_ptr<T>(), R * K,
+                                            static_cast<T>(relation_lr), eps, stream),
+                     kOp);
+        if (dynamic)
+          check_launch(cuda::dense_adagrad<T>(lhs_op_params.data_ptr<T>(),
+                                              lhs_op_state.data_ptr<T>(), g_lhs_op.data_ptr<T>(),
+                                              R * K, static_cast<T>(relation_lr), eps, stream),
+                       kOp);
+      }
+      if (plan.glob) {
+        if (same_glob) {
+          auto g = g_glob[0] + g_glob[1];
+          check_launch(cuda::dense_adagrad<T>(lhs_global.data_ptr<T>(),
+                                              lhs_global_state.data_ptr<T>(), g.data_ptr<T>(), D,
+                                              static_cast<T>(relation_lr), eps, stream),
+                       kOp);
+        } else {
+          check_launch(cuda::dense_adagrad<T>(lhs_global.data_ptr<T>(),
+                                              lhs_global_state.data_ptr<T>(),
+                                              g_glob[0].data_ptr<T>(), D,
+                                              static_cast<T>(relation_lr), eps, stream),
+                       kOp);
+          check_launch(cuda::dense_adagrad<T>(rhs_global.data_ptr<T>(),
+                                              rhs_global_state.data_ptr<T>(),
+                                              g_glob[1].data_ptr<T>(), D,
+                                              static_cast<T>(relation_lr), eps, stream),
+                       kOp);
+        }
+      }
+    }
+  });
+  // One sync per bucket: the stats.
+  stats[0].copy_(loss_sum);
+  stats.narrow(0, 1, 2).copy_(viol_sum);
+  stats[3].fill_(static_cast<double>(E));
+  auto out = stats.cpu();
+  out[4].fill_(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return out.to(stats.device());
+}
+
 }  // namespace
 
 #if defined(PBG_CUDA_HOST_EMULATION)
@@ -550,6 +806,7 @@ TORCH_LIBRARY_IMPL(pbg_fast, CUDA, m) {
   m.impl("operator_backward", &operator_backward_cuda);
   m.impl("row_adagrad_", &row_adagrad_cuda);
   m.impl("chunk_step", &chunk_step_cuda);
+  m.impl("train_bucket_", &train_bucket_cuda);
 }
 
 }  // namespace pbg

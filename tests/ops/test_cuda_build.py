@@ -10,9 +10,9 @@ import pbg_fast
 
 # CPU-only by design: a micro-kernel of the CPU backend and the CPU's FMA peak (no tensors).
 CPU_ONLY = {"pbg_fast::gemm_", "pbg_fast::fma_peak"}
-# Device ops without a CUDA kernel yet (issue #11 item 3). A strict xfail: once the kernel is
-# registered the test fails until the name leaves this set.
-CUDA_MISSING = {"pbg_fast::train_bucket_"}
+# Device ops without a CUDA kernel yet. A strict xfail: once the kernel is registered the test
+# fails until the name leaves this set.
+CUDA_MISSING = set()
 
 
 def _ops():

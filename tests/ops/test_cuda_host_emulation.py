@@ -22,11 +22,14 @@ import torch
 import pbg_fast
 from pbg_fast import ops
 from tests.conftest import tolerances
+from tests.ops import test_train_bucket_reference as bucket
 from tests.ops.test_chunk_step import ARGS, exact_ties, make_case
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["csrc/cuda/chunk_step.cu", "csrc/cuda/chunked_neg_scores.cu", "csrc/cuda/losses.cu",
-           "csrc/cuda/operators.cu", "csrc/cuda/row_adagrad.cu", "csrc/cuda/ops_binding.cpp"]
+           "csrc/cuda/operators.cu", "csrc/cuda/row_adagrad.cu", "csrc/cuda/train_bucket.cu",
+           "csrc/cuda/ops_binding.cpp"]
+PLAIN = ["csrc/cpu/dispatch.cpp", "csrc/cpu/train_bucket_args.cpp"]  # shared with the CPU op
 COMPARATORS = ["dot", "cos", "l2", "squared_l2"]
 OPERATORS = ["none", "translation", "diagonal", "complex_diagonal", "linear", "affine"]
 LOSSES = ["ranking", "logistic", "softmax"]
@@ -66,7 +69,7 @@ def emu():
             w.write_text(text)
         wrappers.append(str(w))
     cpp_extension.load(
-        name="pbg_fast_cuda_emu", sources=wrappers + [str(ROOT / "csrc/cpu/dispatch.cpp")],
+        name="pbg_fast_cuda_emu", sources=wrappers + [str(ROOT / p) for p in PLAIN],
         extra_cflags=["-O1", "-std=c++20", f"-I{inc}"], build_directory=str(build),
         is_python_module=False, verbose=False)
     return torch.ops.pbg_fast_cuda_emu
@@ -218,3 +221,33 @@ def test_chunk_step_refuses_what_cuda_lacks_by_name(emu):
         emu.chunk_step(*[case[k] for k in ARGS], "all", "all", "dot", "none", "softmax", 0.2, 0.0)
     assert math.isfinite(ops.chunk_step(*[case[k] for k in ARGS], "all", "all", "dot", "none",
                                         "softmax", 0.2, 0.0)[0].item())
+
+
+# ---- the whole bucket: against the Python bucket reference, batch for batch ----------------
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("operator", OPERATORS)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+def test_train_bucket_every_comparator_operator_loss(emu, comparator, operator, loss):
+    tensors, edges = bucket.make_case(17, 17, 6, 72, 3, operator, True, False, False, False, 3)
+    kw = dict(bucket.BASE, dynamic=True, comparator=comparator, operator=operator, loss=loss)
+    got, exp, s_got, s_exp = bucket.run_both(tensors, edges, op=emu.train_bucket_, **kw)
+    bucket.assert_same(got, exp, s_got, s_exp, bucket.exact_ties(tensors, edges, kw))
+    assert not torch.equal(got["lhs_emb"], tensors["lhs_emb"])
+
+
+@pytest.mark.parametrize("case", bucket.OPTION_CASES, ids=[c["name"] for c in bucket.OPTION_CASES])
+@pytest.mark.parametrize("comparator,loss", [("dot", "softmax"), ("cos", "ranking"),
+                                             ("l2", "logistic")])
+def test_train_bucket_options(emu, case, comparator, loss):
+    bucket.check_options(case, comparator, loss, op=emu.train_bucket_)
+
+
+def test_train_bucket_refuses_all_negs_by_name(emu):
+    tensors, edges = bucket.make_case(9, 9, 4, 10, 1, "none", False, False, False, True, 1)
+    t = bucket.clone_tables(tensors)
+    with pytest.raises(ValueError, match="all_negs is not supported on CUDA yet"):
+        emu.train_bucket_(*[t[k] for k in bucket.ORDER], edges["lhs"], edges["rhs"], edges["rel"],
+                          None, 5, 5, 5, False, False, False, "dot", "none", "softmax", 0.1, 1.0,
+                          0.1, 0.1, 1, 0, 0.0, True)

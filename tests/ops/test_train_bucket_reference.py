@@ -75,15 +75,18 @@ ORDER = ["lhs_emb", "lhs_state", "rhs_emb", "rhs_state", "rhs_op_params", "rhs_o
          "rhs_global_state"]
 
 
-def run_both(tensors, edges, **kw):
+def run_both(tensors, edges, op=None, **kw):
+    """The op (default: torch.ops.pbg_fast.train_bucket_) and the reference on copies of the
+    same tables."""
+    op = op or torch.ops.pbg_fast.train_bucket_
     args = [kw[k] for k in ("batch_size", "num_batch_negs", "num_uniform_negs",
                             "disable_lhs_negs", "disable_rhs_negs", "dynamic", "comparator",
                             "operator", "loss", "margin", "relation_weight", "lr",
                             "relation_lr")]
     tail = [1, kw["seed"], kw.get("reg_coef", 0.0), False, kw.get("max_norm", 0.0)]
     got, exp = clone_tables(tensors), clone_tables(tensors)
-    s_got = torch.ops.pbg_fast.train_bucket_(*[got[k] for k in ORDER], edges["lhs"], edges["rhs"],
-                                             edges["rel"], edges["weight"], *args, *tail)
+    s_got = op(*[got[k] for k in ORDER], edges["lhs"], edges["rhs"], edges["rel"],
+               edges["weight"], *args, *tail)
     s_exp = ref.train_bucket_(*[exp[k] for k in ORDER], edges["lhs"], edges["rhs"], edges["rel"],
                               edges["weight"], *args, *tail)
     return got, exp, s_got, s_exp
@@ -142,7 +145,7 @@ def test_every_comparator_operator_loss_matches_reference(comparator, operator, 
     assert not torch.equal(got["lhs_emb"], tensors["lhs_emb"])  # it trained
 
 
-@pytest.mark.parametrize("case", [
+OPTION_CASES = [
     dict(name="static, one shared table, global embedding, weights, N3, max_norm",
          dynamic=False, same=True, glob=True, weighted=True, reg_coef=0.01, max_norm=1.0,
          operator="complex_diagonal", rels=1),
@@ -157,10 +160,10 @@ def test_every_comparator_operator_loss_matches_reference(comparator, operator, 
          relation_weight=0.5),
     dict(name="a batch bigger than the bucket", dynamic=False, same=False, glob=False,
          weighted=False, operator="none", rels=1, batch_size=500),
-])
-@pytest.mark.parametrize("comparator,loss", [("dot", "softmax"), ("cos", "ranking"),
-                                             ("l2", "logistic")])
-def test_options_match_reference(case, comparator, loss):
+]
+
+
+def check_options(case, comparator, loss, op=None):
     case = dict(case)
     case.pop("name")
     build = {k: case.pop(k) for k in ("dynamic", "same", "glob", "weighted", "operator", "rels")}
@@ -169,8 +172,15 @@ def test_options_match_reference(case, comparator, loss):
     kw = dict(BASE, dynamic=build["dynamic"], comparator=comparator, operator=build["operator"],
               loss=loss)
     kw.update(case)
-    got, exp, s_got, s_exp = run_both(tensors, edges, **kw)
+    got, exp, s_got, s_exp = run_both(tensors, edges, op=op, **kw)
     assert_same(got, exp, s_got, s_exp, exact_ties(tensors, edges, kw))
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=[c["name"] for c in OPTION_CASES])
+@pytest.mark.parametrize("comparator,loss", [("dot", "softmax"), ("cos", "ranking"),
+                                             ("l2", "logistic")])
+def test_options_match_reference(case, comparator, loss):
+    check_options(case, comparator, loss)
 
 
 def test_reference_is_batch_by_batch():
