@@ -2,6 +2,7 @@
 built from the reference ops, measured in the same run.
 
     python benchmarks/bench_train.py [--quick] [--nodes N --edges E]
+    python benchmarks/bench_train.py --device cuda [--quick]   (the bucket op on one GPU)
 
 Default (issue #3, item 9): 1M nodes, 10M edges, d=100, dot, softmax, 50 in-chunk + 50 uniform
 negatives, batch 1000, workers=2, P=1 and P=4 (and P=8 for memory). Each training run is a
@@ -127,6 +128,81 @@ def reference_hogwild(nodes: int, dim: int, lhs, rhs, batch: int, negs_batch: in
     return sum(done) / (time.perf_counter() - t0)
 
 
+def device_bench(a) -> None:
+    """--device DEV: the whole bucket op (train_bucket_) on one device, on a graph that fits in
+    its memory (default 10M nodes, 100M edges; --quick 1M / 10M), d=100, dot, softmax, 50
+    in-chunk + 50 uniform negatives per side, batch 10,000, against a plain-PyTorch trainer on
+    the same device built from the reference ops (reference.chunk_step + row_adagrad_, autograd),
+    in the same run. Reports edges/s, the ratio, and peak device memory."""
+    from pbg_fast.model import reference as ref
+    dev = torch.device(a.device)
+    info = dict(device=str(dev), build_info=__import__("pbg_fast").build_info())
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            emit(dict(what="train_device", skipped="no CUDA device", **info))
+            return
+        info["device_name"] = torch.cuda.get_device_name(dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    nodes = a.nodes or (1_000_000 if a.quick else 10_000_000)
+    edges = a.edges or (10_000_000 if a.quick else 100_000_000)
+    dim, batch, negs = 100, 10_000, 50
+    g = torch.Generator(device=dev).manual_seed(0)
+    emb = torch.randn(nodes, dim, device=dev, generator=g) * 1e-3
+    state = torch.zeros(nodes, device=dev)
+    lhs = (nodes * torch.rand(edges, device=dev, generator=g) ** 2.5).long()
+    rhs = (nodes * torch.rand(edges, device=dev, generator=g) ** 2.5).long()
+    none = torch.zeros(1, 0, device=dev)
+    empty = torch.zeros(0, device=dev)
+    no_rel = torch.zeros(0, dtype=torch.long, device=dev)
+
+    def bucket(n, seed):
+        return torch.ops.pbg_fast.train_bucket_(
+            emb, state, emb, state, none, none.clone(), none.clone(), none.clone(), empty,
+            empty.clone(), empty.clone(), empty.clone(), lhs[:n], rhs[:n], no_rel, None, batch,
+            negs, negs, False, False, False, "dot", "none", "softmax", 0.1, 1.0, 0.1, 0.1,
+            os.cpu_count() if dev.type == "cpu" else 1, seed)
+
+    bucket(min(edges, 20 * batch), 1)  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    sync()
+    t0 = time.perf_counter()
+    stats = bucket(edges, 2)
+    sync()
+    op_s = time.perf_counter() - t0
+    op_eps = edges / op_s
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+
+    # The baseline: the same step from the reference ops, batch after batch, for a while.
+    seconds = 10 if a.quick else 30
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        i = (done // batch) * batch % max(edges - batch, 1)
+        s, d = lhs[i:i + batch], rhs[i:i + batch]
+        c = batch // negs
+        su = torch.randint(0, nodes, (c, negs), device=dev, generator=g)
+        du = torch.randint(0, nodes, (c, negs), device=dev, generator=g)
+        _, gs, gd, *_ = ref.chunk_step(emb, emb, s, d, torch.zeros(batch, dtype=torch.long, device=dev),
+                                       none, su, du, None, None, None, negs, "batch_uniform",
+                                       "batch_uniform", "dot", "none", "softmax", 0.1)
+        ref.row_adagrad_(emb, state, torch.cat([s, su.flatten(), d, du.flatten()]),
+                         torch.cat([gs, gd]), 0.1)
+        done += batch
+        sync()
+    ref_eps = done / (time.perf_counter() - t0)
+    emit(dict(what="train_device", nodes=nodes, edges=edges, dim=dim, batch=batch,
+              negatives=f"{negs} in-chunk + {negs} uniform per side", op_seconds=op_s,
+              edges_per_s=op_eps, reference_edges_per_s=ref_eps,
+              speedup_vs_reference=op_eps / ref_eps, peak_device_mb=peak,
+              loss_per_edge=float(stats[0]) / edges, **info))
+    emit(dict(what="train_device_swapping", measured=False,
+              reason="needs the GPU trainer (num_gpus: 1, issue #11 item 4), not built yet"))
+
+
 def kernel_sweep(a, work: Path, nodes: int, edges: int, base: dict) -> None:
     """bench_train's P=1 run at each ISA level this CPU runs (PBG_FAST_ISA: blas = the x86-64
     baseline with torch's BLAS, avx2, avx512), and at the best level with torch's BLAS for the
@@ -193,7 +269,12 @@ def main():
     ap.add_argument("--builds", default=None,
                     help="only P=1, once per build: comma-separated folders each holding a "
                          "built pbg_fast/ (e.g. a portable and a -march=native copy)")
+    ap.add_argument("--device", default=None,
+                    help="the bucket op alone on this device (cuda, or cpu for a smoke run), "
+                         "against a plain-PyTorch trainer on the same device")
     a = ap.parse_args()
+    if a.device:
+        return device_bench(a)
     nodes = a.nodes or (100_000 if a.quick else 1_000_000)
     edges = a.edges or (1_000_000 if a.quick else 10_000_000)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="pbg_fast_bench_train_"))

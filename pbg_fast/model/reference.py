@@ -78,7 +78,7 @@ def loss(pos: Tensor, neg: Tensor, weight: Optional[Tensor], loss: str, margin: 
         return (per * w.unsqueeze(-1)).sum()
     if loss == "softmax":
         scores = torch.cat([pos.unsqueeze(1), neg.logsumexp(dim=1, keepdim=True)], dim=1)
-        target = torch.zeros(num_pos, dtype=torch.long)
+        target = torch.zeros(num_pos, dtype=torch.long, device=pos.device)
         return (F.cross_entropy(scores, target, reduction="none") * w).sum()
     raise ValueError(f"loss: unknown {loss!r}")
 
@@ -116,7 +116,8 @@ def row_adagrad_(weight: Tensor, state: Tensor, indices: Tensor, grad: Tensor, l
     if indices.numel() == 0:
         return
     rows, inverse = torch.unique(indices, return_inverse=True)
-    summed = torch.zeros(len(rows), weight.shape[1], dtype=grad.dtype).index_add_(0, inverse, grad)
+    summed = torch.zeros(len(rows), weight.shape[1], dtype=grad.dtype,
+                         device=grad.device).index_add_(0, inverse, grad)
     state.index_add_(0, rows, summed.pow(2).mean(1))
     std = state[rows].sqrt().add_(eps)
     weight.index_add_(0, rows, -lr * summed / std.unsqueeze(1))
@@ -148,7 +149,7 @@ def _mask_all(scores: Tensor, idx: Tensor, chunk_size: int) -> Tensor:
     if c == 0:
         return scores
     own = torch.cat([idx, idx.new_zeros(c * chunk_size - len(idx))]).view(c, chunk_size, 1)
-    mask = torch.zeros(scores.shape, dtype=torch.bool).scatter_(2, own, True)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(2, own, True)
     return scores.masked_fill(mask, MASKED_SCORE)
 
 
@@ -163,8 +164,8 @@ def _mask(scores: Tensor, num_pos: int, chunk_size: int, mode: str) -> Tensor:
     c = scores.shape[0]
     if mode != "batch_uniform" or c == 0:
         return scores
-    mask = torch.zeros(scores.shape, dtype=torch.bool)
-    idx = torch.arange(chunk_size)
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    idx = torch.arange(chunk_size, device=scores.device)
     mask[:, idx, idx] = True
     last = num_pos - (c - 1) * chunk_size
     mask[-1, :last, last:chunk_size] = True
@@ -181,8 +182,8 @@ def chunk_step(
     c = math.ceil(b / chunk_size)
     us, ud = src_uniform.shape[1], dst_uniform.shape[1]
     # 'all': the extra rows are the whole table (their gradient is returned per table row).
-    s_extra = torch.arange(src_emb.shape[0]) if src_mode == "all" else src_uniform.flatten()
-    d_extra = torch.arange(dst_emb.shape[0]) if dst_mode == "all" else dst_uniform.flatten()
+    s_extra = torch.arange(src_emb.shape[0], device=src_idx.device) if src_mode == "all" else src_uniform.flatten()
+    d_extra = torch.arange(dst_emb.shape[0], device=dst_idx.device) if dst_mode == "all" else dst_uniform.flatten()
     src_rows = src_emb[torch.cat([src_idx, s_extra])].detach().requires_grad_()
     dst_rows = dst_emb[torch.cat([dst_idx, d_extra])].detach().requires_grad_()
     params = op_params.detach().clone().requires_grad_()
@@ -220,7 +221,7 @@ def chunk_step(
     dst_scores = dst_scores.flatten(0, 1)[:b]
 
     total = src_rows.new_zeros(())
-    violators = torch.zeros(2, dtype=torch.long)
+    violators = torch.zeros(2, dtype=torch.long, device=src_emb.device)
     for side, (mode, scores, u) in enumerate(
         [(src_mode, src_scores, us), (dst_mode, dst_scores, ud)]
     ):
@@ -351,19 +352,20 @@ def train_bucket_(
     base = "batch_uniform" if num_batch_negs > 0 else "uniform"
     lhs_mode, ul = ("uniform", 0) if disable_lhs_negs else (base, num_uniform_negs)
     rhs_mode, ur = ("uniform", 0) if disable_rhs_negs else (base, num_uniform_negs)
-    rel = rel if rel.numel() else torch.zeros(n_edges, dtype=torch.long)
-    w_all = torch.full((n_edges,), float(relation_weight), dtype=lhs_emb.dtype)
+    dev = lhs_emb.device
+    rel = rel if rel.numel() else torch.zeros(n_edges, dtype=torch.long, device=dev)
+    w_all = torch.full((n_edges,), float(relation_weight), dtype=lhs_emb.dtype, device=dev)
     if weight is not None:
         w_all = w_all * weight
-    order = torch.from_numpy(rng_shuffle(seed, n_edges)) if n_edges else torch.zeros(0, dtype=torch.long)
+    order = torch.from_numpy(rng_shuffle(seed, n_edges)).to(dev)
     stats = torch.zeros(5, dtype=torch.float64)
     for b in range(math.ceil(n_edges / batch_size)):
         e = order[b * batch_size:(b + 1) * batch_size]
         n = e.numel()
         c = math.ceil(n / chunk)
         li, ri, rl, w = lhs[e], rhs[e], rel[e], w_all[e]
-        l_uni = rng_uniform(seed, LHS_NEGATIVES, b, c * ul, lhs_emb.shape[0]).view(c, ul)
-        r_uni = rng_uniform(seed, RHS_NEGATIVES, b, c * ur, rhs_emb.shape[0]).view(c, ur)
+        l_uni = rng_uniform(seed, LHS_NEGATIVES, b, c * ul, lhs_emb.shape[0]).to(dev).view(c, ul)
+        r_uni = rng_uniform(seed, RHS_NEGATIVES, b, c * ur, rhs_emb.shape[0]).to(dev).view(c, ur)
         if max_norm > 0:
             if same_table:
                 _renorm_rows_(lhs_emb, torch.cat([li, l_uni.flatten(), ri, r_uni.flatten()]), max_norm)

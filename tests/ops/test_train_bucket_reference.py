@@ -224,3 +224,38 @@ def test_uniform_draws_cover_the_range_evenly():
 
 def test_negative_seed_is_the_unsigned_cast():
     assert ref.rng_stream_key(-1, 1, 0) == ref.rng_stream_key(2**64 - 1, 1, 0)
+
+
+def on_device(device):
+    """train_bucket_ run on `device`: the tables copied there, trained, and copied back into
+    the caller's (CPU) tensors, so run_both compares them with the reference as usual."""
+    def op(*args):
+        tables, rest = list(args[:12]), list(args[12:])
+        moved, seen = [], {}
+        for t in tables:  # keep shared tables shared
+            if id(t) not in seen:
+                seen[id(t)] = t.to(device)
+            moved.append(seen[id(t)])
+        rest[:4] = [None if t is None else t.to(device) for t in rest[:4]]
+        stats = torch.ops.pbg_fast.train_bucket_(*moved, *rest)
+        for t, m in zip(tables, moved):
+            t.copy_(m.cpu())
+        return stats.cpu()
+    return op
+
+
+@pytest.mark.parametrize("comparator,operator,loss", [
+    ("dot", "complex_diagonal", "softmax"), ("cos", "linear", "ranking"),
+    ("l2", "affine", "logistic"), ("squared_l2", "translation", "softmax"),
+    ("dot", "none", "ranking"), ("cos", "diagonal", "logistic")])
+def test_device_matches_reference(device, comparator, operator, loss):
+    """The op on each device (CUDA skips without a GPU) against the same reference."""
+    tensors, edges = make_case(17, 17, 6, 72, 3, operator, True, False, False, False, 3)
+    kw = dict(BASE, dynamic=True, comparator=comparator, operator=operator, loss=loss)
+    got, exp, s_got, s_exp = run_both(tensors, edges, op=on_device(device), **kw)
+    assert_same(got, exp, s_got, s_exp, exact_ties(tensors, edges, kw))
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=[c["name"] for c in OPTION_CASES])
+def test_device_options_match_reference(device, case):
+    check_options(case, "dot", "softmax", op=on_device(device))
