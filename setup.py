@@ -73,27 +73,44 @@ def _want_cuda():
     return available if forced is None else forced
 
 
+def build_list():
+    """csrc/BUILD.txt: the sources and flags shared with CMakeLists.txt."""
+    entries = {}
+    with open(os.path.join(ROOT, "csrc", "BUILD.txt")) as f:
+        for line in f:
+            if line.strip() and not line.lstrip().startswith("#"):
+                key, *values = line.split()
+                entries[key] = values
+    return entries
+
+
+def _sources(patterns):
+    out = []
+    for pattern in patterns:
+        out += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    return out
+
+
 def extensions():
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-DPBG_FAST_CPU"]
+    b = build_list()
+    cxx = b["cxx_flags"] + [f"-D{d}" for d in b["cxx_defines"]]
     if _flag("PBG_FAST_NATIVE"):
-        cxx.append("-march=native")
-    sources = ["csrc/ops.cpp", "csrc/module.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    link = ["-fopenmp"]
+        cxx += b["native_flags"]
+    sources = _sources(b["cpu_sources"] + b["python_module_sources"])
     if _want_cuda():
-        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_binding.cpp"))
-        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]
         return [
             cpp_extension.CUDAExtension(
                 "pbg_fast._C",
-                sources,
-                extra_compile_args={"cxx": cxx + ["-DPBG_FAST_CUDA"], "nvcc": nvcc},
-                extra_link_args=link,
+                sources + _sources(b["cuda_sources"]),
+                extra_compile_args={"cxx": cxx + [f"-D{d}" for d in b["cuda_defines"]],
+                                    "nvcc": b["nvcc_flags"]},
+                extra_link_args=b["link_flags"],
             )
         ]
-    sources = [s for s in sources if not s.endswith("_binding.cpp")]
     return [
         cpp_extension.CppExtension(
-            "pbg_fast._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+            "pbg_fast._C", sources, extra_compile_args={"cxx": cxx},
+            extra_link_args=b["link_flags"]
         )
     ]
 

@@ -5,9 +5,11 @@
 #   2. build.log    pip install --no-build-isolation --no-deps -e . with the CUDA kernels for
 #                   this GPU's architecture only (PBG_FAST_CUDA=1 fails loudly without them)
 #   3. tests.log    tests/ops on cpu and cuda (the `device` fixture runs every kernel-vs-reference
-#                   test on both; test_cuda_build checks the dispatcher); tests.xml (JUnit)
+#                   test on both; test_cuda_build checks the dispatcher) and the GPU trainer's
+#                   end-to-end test (MRR against the CPU trainer); tests.xml (JUnit)
 #   4. bench.jsonl  bench_train.py --device cuda --quick: train_bucket_ on the GPU against a
-#                   plain-PyTorch trainer on the same GPU, edges/s and peak memory
+#                   plain-PyTorch trainer on the same GPU, edges/s and peak memory; then the
+#                   GPU trainer at P=4 swapping partitions (edges/s, seconds per copy)
 #   5. summary.txt  what passed, how many CUDA cases ran, the benchmark's headline
 # Usage: bash benchmarks/gpu_check.sh OUTDIR [--cpu-dry-run]
 #   --cpu-dry-run: the same plumbing without a GPU (CPU build, tests, bench on cpu), to check
@@ -58,17 +60,20 @@ log "build: ok in $(( $(date +%s) - t0 )) s; $(tail -1 "$out/build.log")"
 # 3. The op tests on cpu and cuda.
 t0=$(date +%s)
 PBG_FAST_REQUIRE_EXT=1 timeout 300 "$py" -m pytest -q -p no:cacheprovider tests/ops \
+  tests/test_gpu_trainer.py \
   --junitxml "$out/tests.xml" > "$out/tests.log" 2>&1
 trc=$?
 "$py" - "$out/tests.xml" <<'PY' | tee -a "$out/summary.txt"
-import sys, xml.etree.ElementTree as ET
+import re, sys, xml.etree.ElementTree as ET
 cases = list(ET.parse(sys.argv[1]).getroot().iter("testcase"))
 def state(c):
     for k in ("failure", "error", "skipped"):
         if c.find(k) is not None:
             return k
     return "passed"
-cuda = [c for c in cases if "cuda" in c.get("name", "")]
+# The device fixture's CUDA cases (a "cuda" parameter id), and the GPU trainer's test.
+cuda = [c for c in cases if re.search(r"[\[-]cuda[\]-]", c.get("name", ""))
+        or c.get("name") == "test_gpu_training_reaches_the_cpu_mrr"]
 count = lambda cs, s: sum(state(c) == s for c in cs)
 print(f"tests: {len(cases)} cases, {count(cases, 'passed')} passed, "
       f"{count(cases, 'failure') + count(cases, 'error')} failed, {count(cases, 'skipped')} skipped; "
@@ -88,6 +93,10 @@ brc=$?
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
+    if r.get("what") == "train_device_swapping" and "edges_per_s" in r:
+        print(f"bench swapping P=4: {r['edges_per_s'] / 1e6:.2f}M edges/s in the op, "
+              f"{r['wall_edges_per_s'] / 1e6:.2f}M wall, {r['seconds_per_device_copy']:.3f} s "
+              f"per device copy")
     if r.get("what") == "train_device" and "edges_per_s" in r:
         print(f"bench: {r['edges'] / 1e6:g}M edges, {r['nodes'] / 1e6:g}M nodes: "
               f"{r['edges_per_s'] / 1e6:.2f}M edges/s, plain PyTorch "

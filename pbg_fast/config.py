@@ -388,10 +388,17 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     for key in ("distributed_timeout", "distributed_lease", "param_sync_interval"):
         if not getattr(c, key) > 0:
             raise ConfigError(f"{key}: must be positive, got {getattr(c, key)}")
+    if c.num_gpus not in (0, 1):
+        raise ConfigError(f"num_gpus: 0 (CPU) or 1 (the GPU trainer); several GPUs are not "
+                          f"supported yet, got {c.num_gpus}")
+    if c.num_gpus and c.num_machines > 1:
+        raise ConfigError("num_gpus: distributed training (num_machines > 1) runs on CPUs only "
+                          "so far; set num_gpus: 0")
+    if c.num_gpus and any(r.all_negs for r in c.relations):
+        raise ConfigError("num_gpus: all_negs is not supported on the GPU yet")
     # Keys pbg_fast accepts at PBG's defaults but cannot honour at other values yet.
     not_yet = {
         "bias": (c.bias, False, "the bias dimension"),
-        "num_gpus": (c.num_gpus, 0, "the GPU trainer"),
         "half_precision": (c.half_precision, False, "half-precision training"),
     }
     for key, (value, default, what) in not_yet.items():

@@ -23,12 +23,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from .. import build_info, faults
-from ..config import ConfigSchema, check_matches_checkpoint
+from ..config import ConfigError, ConfigSchema, check_matches_checkpoint
 from ..errors import TrainingDiverged
 from ..io.checkpoint import CheckpointManager, operator_params_from_pbg, operator_params_to_pbg
 from ..io.files import (DataError, check_edge_path, check_entity_path, check_no_partial_import,
                         count_edges, load_dynamic_rel_count, load_edges)
 from ..ops import operator_init_params, operator_num_params
+from .device_tier import DeviceTier
 from .partition_buffer import PartitionBuffer
 from .schedule import bucket_order
 
@@ -77,7 +78,21 @@ class Model:
             for e in config.entities:
                 self.global_embs[e] = (torch.zeros(d), torch.zeros(d))
 
+    def to(self, device: torch.device) -> "Model":
+        """Moves the parameters and their states (the GPU trainer keeps them on its device)."""
+        for rp in self.relations:
+            for name in ("rhs", "rhs_state", "lhs", "lhs_state"):
+                setattr(rp, name, getattr(rp, name).to(device))
+        self.global_embs = {e: (v.to(device), s.to(device)) for e, (v, s) in self.global_embs.items()}
+        return self
+
     def to_checkpoint(self):
+        """(params, states) for the model file, as host tensors."""
+        params, states = self._to_checkpoint()
+        return ({k: (n, t.cpu()) for k, (n, t) in params.items()},
+                {k: t.cpu() for k, t in states.items()})
+
+    def _to_checkpoint(self):
         d, params, states = self.config.dimension, {}, {}
         for i, (rc, rp) in enumerate(zip(self.config.relations, self.relations)):
             sides = [("rhs", rp.rhs, rp.rhs_state)]
@@ -131,8 +146,22 @@ class Model:
 
 class Trainer:
     def __init__(self, config: ConfigSchema, seed: int = 0,
-                 progress: Optional[Callable[[dict], None]] = None):
+                 progress: Optional[Callable[[dict], None]] = None,
+                 device: Optional[torch.device] = None):
+        """`device`: where the bucket op runs, with the partitions of the bucket in a
+        DeviceTier in front of the host buffer. Default: the GPU with num_gpus: 1, else none
+        (the CPU trainer, straight from the host buffer). Tests pass the CPU to run the GPU
+        trainer's bookkeeping without a GPU."""
         self.config = config
+        if device is None and config.num_gpus:
+            if not torch.cuda.is_available():
+                raise ConfigError("num_gpus: 1, but torch sees no CUDA device "
+                                  "(torch.cuda.is_available() is False)")
+            if not build_info()["cuda_ext"]:
+                raise ConfigError("num_gpus: 1, but pbg_fast was built without its CUDA "
+                                  "kernels (rebuild with torch's CUDA build and nvcc)")
+            device = torch.device("cuda")
+        self.device = torch.device(device) if device is not None else None
         self.seed = seed
         self.progress = progress
         self.ckpt = CheckpointManager(config.checkpoint_path)
@@ -234,6 +263,8 @@ class Trainer:
         ckpt = self.ckpt
         version = ckpt.load_version()
         model = self._start_model(version)
+        if self.device is not None:
+            model.to(self.device)
         # config.json is written with the first commit, so that a refused run writes none.
         self._first_iteration = version
         n_chunks = self.num_edge_chunks()
@@ -265,20 +296,26 @@ class Trainer:
         buckets = bucket_order(c.bucket_order, nl, nr, self.seed * 7919 + it, buffer.capacity)
         io_start = buffer.stats.snapshot()
         buffer.start_iteration(it, buckets, meta)
+        tier = DeviceTier(buffer, self.device) if self.device is not None else None
+        store = tier if tier is not None else buffer
         for b_idx, (lp, rp) in enumerate(buckets):
             io_before = buffer.stats.snapshot()
             buffer.acquire(b_idx)
+            if tier is not None:
+                tier.enter(b_idx)
             needed = buffer.plan[b_idx]
             edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
             edges["path"] = str(Path(edge_path) / f"edges_{lp}_{rp}.h5")
             # The held-out edges must be the same ones in every epoch (as PBG's).
             holdout_seed = zlib.crc32(f"{self.seed}:{path_idx}:{chunk_idx}:{lp}:{rp}".encode())
             faults.point("train.bucket")
-            stats = self._train_bucket(buffer, model, edges, lp, rp, relation_lr,
+            stats = self._train_bucket(store, model, edges, lp, rp, relation_lr,
                                        seed=self.seed * 1_000_003 + it * 1009 + b_idx,
                                        holdout_seed=holdout_seed)
-            self._check_finite(buffer, model, needed, stats, epoch, edge_path, chunk_idx,
+            self._check_finite(store, model, needed, stats, epoch, edge_path, chunk_idx,
                                (lp, rp), version=it, has_weights=edges["weight"] is not None)
+            if tier is not None:
+                tier.leave(b_idx)
             buffer.release(b_idx)
             io = buffer.stats.since(io_before)
             it_loss += stats["loss"]
@@ -294,6 +331,8 @@ class Trainer:
                 self.progress(rec)
         # Commit version it + 1: every partition written (or linked), then the model.
         before_commit = buffer.stats.wait_seconds
+        if tier is not None:
+            tier.flush()
         buffer.finish_iteration()
         commit_wait = buffer.stats.wait_seconds - before_commit
         self._commit_version(it, model, meta, epoch,
@@ -313,6 +352,8 @@ class Trainer:
                    io_wait_first_bucket_seconds=(pending_stats[0]["io_wait_seconds"]
                                                  if pending_stats else 0.0),
                    io_wait_commit_seconds=commit_wait)
+        if tier is not None:
+            rec.update(device=str(self.device), **tier.stats())
         ckpt.append_stats(pending_stats + [rec])
         if self.progress:
             self.progress(rec)
@@ -434,15 +475,16 @@ class Trainer:
                                 f"the {self.num_dynamic_rels} relation types of "
                                 f"dynamic_rel_count.txt; re-import")
             rp_ = model.relations[rel_id]
-            empty = torch.zeros(0)
+            dev = lhs_emb.device
+            empty = torch.zeros(0, device=dev)
             lg, lgs = model.global_embs.get(r.lhs, (empty, empty))
             rg, rgs = model.global_embs.get(r.rhs, (empty, empty))
             rel_arg = rel_all[sl] if c.dynamic_relations else torch.zeros(0, dtype=torch.long)
             stats = torch.ops.pbg_fast.train_bucket_(
                 lhs_emb, lhs_state, rhs_emb, rhs_state, rp_.rhs, rp_.rhs_state, rp_.lhs,
-                rp_.lhs_state, lg, lgs, rg, rgs, lhs_all[sl].contiguous(),
-                rhs_all[sl].contiguous(), rel_arg.contiguous(),
-                w_all[sl].contiguous() if w_all is not None else None,
+                rp_.lhs_state, lg, lgs, rg, rgs, lhs_all[sl].contiguous().to(dev),
+                rhs_all[sl].contiguous().to(dev), rel_arg.contiguous().to(dev),
+                w_all[sl].contiguous().to(dev) if w_all is not None else None,
                 c.batch_size, c.num_batch_negs, c.num_uniform_negs, c.disable_lhs_negs,
                 c.disable_rhs_negs, c.dynamic_relations, c.comparator, r.operator, c.loss_fn,
                 c.margin, r.weight, c.lr, relation_lr, self.workers, seed,
@@ -472,6 +514,8 @@ class Trainer:
             r = c.relations[rel_id]
             le, _ = store.get(r.lhs, lp if c.entities[r.lhs].num_partitions > 1 else 0)
             re, _ = store.get(r.rhs, rp if c.entities[r.rhs].num_partitions > 1 else 0)
+            dev = le.device  # the GPU trainer's tables are on its device
+            h, t, rr = h.to(dev), t.to(dev), rr.long().to(dev)
             lg = model.global_embs.get(r.lhs, (None,))[0]
             rg = model.global_embs.get(r.rhs, (None,))[0]
             params = model.relations[rel_id]
@@ -494,7 +538,7 @@ class Trainer:
                     if not c.disable_rhs_negs:
                         sides.append((vec(le, lg, hh, params.lhs, rl), vec(re, rg, tt), re, rg, None))
                 else:
-                    zero = torch.zeros(k, dtype=torch.long)
+                    zero = torch.zeros(k, dtype=torch.long, device=dev)
                     dst = vec(re, rg, tt, params.rhs, zero)
                     src = vec(le, lg, hh)
                     if not c.disable_lhs_negs:
@@ -502,16 +546,18 @@ class Trainer:
                     if not c.disable_rhs_negs:
                         sides.append((src, dst, re, rg, params.rhs))
                 for q, true, table, glob, op_params in sides:
-                    uni = torch.randint(0, len(table), (nu,), generator=g)
+                    uni = torch.randint(0, len(table), (nu,), generator=g).to(dev)
                     cand = vec(table, glob, uni, op_params,
-                               torch.zeros(nu, dtype=torch.long) if op_params is not None else None)
+                               torch.zeros(nu, dtype=torch.long, device=dev)
+                               if op_params is not None else None)
                     negs = torch.cat([true if nb else true[:0], cand])
                     scores = _pairwise(q.unsqueeze(0), negs.unsqueeze(0), c.comparator)[0]
                     if nb:
-                        scores[torch.arange(k), torch.arange(k)] = -float("inf")
+                        diag = torch.arange(k, device=dev)
+                        scores[diag, diag] = -float("inf")
                     pos = _matched(q, true, c.comparator)
                     ranks.append((scores >= pos.unsqueeze(1)).sum(1) + 1)
-        rk = torch.cat(ranks).double()
+        rk = torch.cat(ranks).double().cpu()
         return dict(eval_count=len(lhs), eval_mrr=float((1 / rk).mean()),
                     eval_hits10=float((rk <= 10).double().mean()))
 
