@@ -104,6 +104,11 @@ def main():
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--param-sync-interval", type=float, default=None,
+                    help="the config's param_sync_interval for the distributed run")
+    ap.add_argument("--operator", default="diagonal",
+                    help="the relation operator (diagonal: a shared parameter to sync; none: "
+                         "nothing shared, to tell the order's and the sync's share of an MRR gap)")
     a = ap.parse_args()
     nodes = a.nodes or (20_000 if a.quick else 100_000)
     epochs = a.epochs or (3 if a.quick else 5)
@@ -115,7 +120,7 @@ def main():
     parts, dim = 4, 100
     base = dict(
         entities={"node": {"num_partitions": parts}},
-        relations=[{"name": "link", "lhs": "node", "rhs": "node", "operator": "diagonal"}],
+        relations=[{"name": "link", "lhs": "node", "rhs": "node", "operator": a.operator}],
         dimension=dim, comparator="dot", loss_fn="softmax", lr=0.1, num_epochs=epochs,
         batch_size=1000, num_batch_negs=50, num_uniform_negs=50, eval_fraction=0,
         eval_num_batch_negs=100, eval_num_uniform_negs=100, global_emb=False, workers=1,
@@ -126,14 +131,17 @@ def main():
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "unknown")
     setup = dict(nodes=nodes, train_edges=len(train_rows), test_edges=len(test_rows),
-                 parts=parts, dim=dim, epochs=epochs, cpu=cpu)
+                 parts=parts, dim=dim, epochs=epochs, operator=a.operator,
+                 param_sync_interval=a.param_sync_interval, cpu=cpu)
     emit(dict(what="distributed_setup", **setup))
     # The lock server grants the bucket that reuses what a trainer holds: an affinity order.
     # With a relation operator the order alone moves MRR by about 0.01 on this graph, so the
     # single machine also trains in that order, for a like-for-like quality comparison.
     runs = [("single", dict(train_cfg)),
             ("single_affinity", dict(train_cfg, bucket_order="affinity")),
-            ("dist2", dict(train_cfg, num_machines=2, num_partition_servers=-1))]
+            ("dist2", dict(train_cfg, num_machines=2, num_partition_servers=-1,
+                           **({"param_sync_interval": a.param_sync_interval}
+                              if a.param_sync_interval else {})))]
     # Rounds of all three, one after the other, so that the box's noise hits each alike; the
     # summary takes each run's median wall-clock edges/s.
     results = {name: [] for name, _ in runs}
