@@ -34,18 +34,7 @@ void check_table(const at::Tensor& emb, const at::Tensor& state, c10::DeviceType
 
 }  // namespace
 
-TrainBucketPlan check_train_bucket(
-    at::Tensor& lhs_emb, at::Tensor& lhs_state, at::Tensor& rhs_emb, at::Tensor& rhs_state,
-    at::Tensor& rhs_op_params, at::Tensor& rhs_op_state, at::Tensor& lhs_op_params,
-    at::Tensor& lhs_op_state, at::Tensor& lhs_global, at::Tensor& lhs_global_state,
-    at::Tensor& rhs_global, at::Tensor& rhs_global_state, const at::Tensor& lhs,
-    const at::Tensor& rhs, const at::Tensor& rel, const c10::optional<at::Tensor>& weight,
-    int64_t batch_size, int64_t num_batch_negs, int64_t num_uniform_negs, bool disable_lhs_negs,
-    bool disable_rhs_negs, bool dynamic, c10::string_view comparator, c10::string_view op_name,
-    c10::string_view loss_name, double margin, double relation_weight, double lr,
-    double relation_lr, int64_t workers, int64_t seed, double reg_coef, bool all_negs,
-    double max_norm,
-    c10::DeviceType device) {
+TrainBucketPlan check_train_bucket(PBG_TRAIN_BUCKET_PARAMS, c10::DeviceType device) {
   TrainBucketPlan plan;
   const Comparator cmp = parse_comparator(std::string(comparator), kOp);
   const Operator op = parse_operator(std::string(op_name), kOp);

@@ -549,17 +549,7 @@ chunk_step_cuda(
 // relation parameters and global embeddings. Batches run one after another (no HOGWILD on the
 // device: `workers` is ignored), so one seed gives one result, up to the order of atomic adds in
 // the relation-parameter gradient.
-at::Tensor train_bucket_cuda(
-    at::Tensor& lhs_emb, at::Tensor& lhs_state, at::Tensor& rhs_emb, at::Tensor& rhs_state,
-    at::Tensor& rhs_op_params, at::Tensor& rhs_op_state, at::Tensor& lhs_op_params,
-    at::Tensor& lhs_op_state, at::Tensor& lhs_global, at::Tensor& lhs_global_state,
-    at::Tensor& rhs_global, at::Tensor& rhs_global_state, const at::Tensor& lhs,
-    const at::Tensor& rhs, const at::Tensor& rel, const c10::optional<at::Tensor>& weight,
-    int64_t batch_size, int64_t num_batch_negs, int64_t num_uniform_negs, bool disable_lhs_negs,
-    bool disable_rhs_negs, bool dynamic, c10::string_view comparator, c10::string_view op_name,
-    c10::string_view loss_name, double margin, double relation_weight, double lr,
-    double relation_lr, int64_t workers, int64_t seed, double reg_coef, bool all_negs,
-    double max_norm) {
+at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
   constexpr const char* kOp = "train_bucket_";
   const auto t0 = std::chrono::steady_clock::now();
 #if defined(PBG_CUDA_HOST_EMULATION)
@@ -567,12 +557,7 @@ at::Tensor train_bucket_cuda(
 #else
   constexpr auto kDevice = c10::DeviceType::CUDA;
 #endif
-  const TrainBucketPlan plan = check_train_bucket(
-      lhs_emb, lhs_state, rhs_emb, rhs_state, rhs_op_params, rhs_op_state, lhs_op_params,
-      lhs_op_state, lhs_global, lhs_global_state, rhs_global, rhs_global_state, lhs, rhs, rel,
-      weight, batch_size, num_batch_negs, num_uniform_negs, disable_lhs_negs, disable_rhs_negs,
-      dynamic, comparator, op_name, loss_name, margin, relation_weight, lr, relation_lr, workers,
-      seed, reg_coef, all_negs, max_norm, kDevice);
+  const TrainBucketPlan plan = check_train_bucket(PBG_TRAIN_BUCKET_ARGS, kDevice);
   TORCH_CHECK_VALUE(!all_negs, kOp, ": all_negs is not supported on CUDA yet");
   for (auto [t, name] : {std::pair{&lhs_emb, "lhs_emb"}, {&rhs_emb, "rhs_emb"},
                          {&rhs_op_params, "rhs_op_params"}, {&lhs_global, "lhs_global"}})
