@@ -220,6 +220,7 @@ def device_bench(a) -> None:
     emit(dict(what="train_device_swapping", nodes=nodes, edges=swap_edges, partitions=4,
               buffer_partitions=2, edges_per_s=it["edges_per_s"],
               wall_edges_per_s=it["count"] / wall, device_copies=it["device_copies"],
+              device_prefetched=it["device_prefetched"],
               device_copy_seconds=it["device_copy_seconds"],
               seconds_per_device_copy=it["device_copy_seconds"] / max(it["device_copies"], 1),
               device_gb_moved=(it["device_bytes_in"] + it["device_bytes_out"]) / 2**30,

@@ -20,7 +20,8 @@ from tests.test_partition_buffer import committed, setup
 
 @pytest.mark.parametrize("order,capacity,operator", [("buffer", 2, "diagonal"),
                                                      ("inside_out", 3, "complex_diagonal"),
-                                                     ("random", 2, "linear")])
+                                                     ("random", 2, "linear"),
+                                                     ("inside_out", 4, "translation")])
 def test_device_tier_gives_the_cpu_trainers_result(tmp_path, order, capacity, operator):
     raw = setup(tmp_path, bucket_order=order, partition_buffer_size=capacity,
                 relations=[{"name": "link", "lhs": "node", "rhs": "node", "operator": operator}])
@@ -35,6 +36,9 @@ def test_device_tier_gives_the_cpu_trainers_result(tmp_path, order, capacity, op
     # The tier really copied: every bucket's partitions in, and out again.
     assert all(r["device_copies"] > 0 and r["device_bytes_in"] == r["device_bytes_out"]
                for r in recs)
+    if capacity == 4:  # every partition stays loaded on the host: the next bucket's new
+        # partitions are copied to the device ahead of time (prefetch), and used
+        assert recs[-1]["device_prefetched"] > 0
     stats = [json.loads(line) for line in open(CheckpointManager(str(tmp_path / "dev")).stats_file())]
     assert [s["device"] for s in stats if s["kind"] == "iteration"] == ["cpu", "cpu"]
 

@@ -225,8 +225,12 @@ class CheckpointTier:
 
 class PartitionBuffer:
     def __init__(self, config: ConfigSchema, ckpt: CheckpointManager, seed: int,
-                 capacity: Optional[int] = None, io: Optional[str] = None, tier=None):
+                 capacity: Optional[int] = None, io: Optional[str] = None, tier=None,
+                 pin_memory: bool = False):
+        """pin_memory: page-locked slots (the GPU trainer's, so that its copies to the device
+        run asynchronously on a side stream); only where CUDA is available."""
         self.config, self.ckpt, self.seed = config, ckpt, seed
+        self.pin = pin_memory and torch.cuda.is_available()
         self.tier = tier if tier is not None else CheckpointTier(config, ckpt, seed)
         d = config.dimension
         self.counts: Dict[Key, int] = {}
@@ -432,8 +436,8 @@ class PartitionBuffer:
 
     def _load_whole(self, k: Key) -> None:
         """An unpartitioned type: its own tensors, held for the whole run."""
-        emb = empty_table(self.counts[k], self.config.dimension)
-        self._load(k, -1, emb, torch.empty(self.counts[k]))
+        emb, state = self._table(self.counts[k])
+        self._load(k, -1, emb, state)
 
     def _used_slots(self, e: str) -> List[bool]:
         used = [False] * self.capacity
@@ -444,9 +448,20 @@ class PartitionBuffer:
 
     def _slot(self, e: str, s: int) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.slots[e][s] is None:
-            rows = self.slot_rows[e]
-            self.slots[e][s] = (empty_table(rows, self.config.dimension), torch.empty(rows))
+            self.slots[e][s] = self._table(self.slot_rows[e])
         return self.slots[e][s]
+
+    def _table(self, rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.pin:
+            return (torch.empty(rows, self.config.dimension, pin_memory=True),
+                    torch.empty(rows, pin_memory=True))
+        return empty_table(rows, self.config.dimension), torch.empty(rows)
+
+    def is_ready(self, k: Key) -> bool:
+        """k is resident and loaded (get(k) would not wait)."""
+        r = self.resident.get(k)
+        return (r is not None and r.ready.done() and not r.ready.cancelled()
+                and r.ready.exception() is None)
 
     def _evict(self, k: Key, j: int) -> Tuple[int, Future]:
         """Frees k's slot for bucket j's load; a dirty k is written first, durably only if this

@@ -274,7 +274,8 @@ class Trainer:
         epoch_records = []
         relation_lr = c.relation_lr if c.relation_lr is not None else c.lr
 
-        buffer = PartitionBuffer(c, ckpt, self.seed)
+        buffer = PartitionBuffer(c, ckpt, self.seed, pin_memory=self.device is not None
+                                 and self.device.type == "cuda")
         try:
             for it in range(version, total_iters):
                 epoch_records.append(self._iteration(it, buffer, model, relation_lr, nl, nr,
