@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "../cpu/chunk_step_args.h"
 #include "../cpu/dispatch.h"
 #include "../cpu/train_bucket_args.h"
 #include "../kernels/counter_rng.h"
@@ -383,99 +384,27 @@ void row_adagrad_cuda(at::Tensor& weight, at::Tensor& state, const at::Tensor& i
 // ---- the fused chunk step -----------------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-chunk_step_cuda(
-    const at::Tensor& src_emb, const at::Tensor& dst_emb, const at::Tensor& src_idx,
-    const at::Tensor& dst_idx, const at::Tensor& rel, const at::Tensor& op_params,
-    const at::Tensor& src_uniform, const at::Tensor& dst_uniform,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& src_global,
-    const c10::optional<at::Tensor>& dst_global, int64_t chunk_size, c10::string_view src_mode_name,
-    c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,
-    c10::string_view loss_name, double margin, double reg_coef) {
+chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
   constexpr const char* kOp = "chunk_step";
-  const Comparator cmp = parse_comparator(std::string(comparator), kOp);
-  const Operator op = parse_operator(std::string(op_name), kOp);
-  const Loss loss = parse_loss(std::string(loss_name), kOp);
-  const NegMode src_mode = parse_neg_mode(std::string(src_mode_name), kOp, "src_mode");
-  const NegMode dst_mode = parse_neg_mode(std::string(dst_mode_name), kOp, "dst_mode");
-  TORCH_CHECK_VALUE(src_mode != NegMode::All && dst_mode != NegMode::All, kOp,
+#if defined(PBG_CUDA_HOST_EMULATION)
+  constexpr auto kDevice = c10::DeviceType::CPU;
+#else
+  constexpr auto kDevice = c10::DeviceType::CUDA;
+#endif
+  const ChunkStepPlan plan = check_chunk_step(PBG_CHUNK_STEP_ARGS, kDevice);
+  TORCH_CHECK_VALUE(plan.src_mode != NegMode::All && plan.dst_mode != NegMode::All, kOp,
                     ": mode 'all' (all_negs) is not supported on CUDA yet");
-
-  check_float_cuda(src_emb, kOp, "src_emb");
-  check_float_cuda(dst_emb, kOp, "dst_emb");
   check_device(dst_emb, src_emb, kOp, "dst_emb", "src_emb");
-  check_same_dtype(dst_emb, src_emb, kOp, "dst_emb", "src_emb");
-  check_same_dtype(op_params, src_emb, kOp, "op_params", "src_emb");
   check_device(op_params, src_emb, kOp, "op_params", "src_emb");
-  TORCH_CHECK_VALUE(src_emb.dim() == 2 && dst_emb.dim() == 2, kOp,
-                    ": src_emb and dst_emb must be 2-D [rows, dim], got ", src_emb.sizes(),
-                    " and ", dst_emb.sizes());
-  const int64_t D = src_emb.size(1);
-  TORCH_CHECK_VALUE(dst_emb.size(1) == D, kOp, ": dst_emb has dim ", dst_emb.size(1),
-                    ", src_emb has ", D);
-  TORCH_CHECK_VALUE(src_emb.stride(1) == 1 && dst_emb.stride(1) == 1, kOp,
-                    ": src_emb and dst_emb rows must be contiguous");
-  for (auto [t, name] : {std::pair{&src_idx, "src_idx"}, {&dst_idx, "dst_idx"}, {&rel, "rel"},
-                         {&src_uniform, "src_uniform"}, {&dst_uniform, "dst_uniform"}})
-    check_index_cuda(*t, src_emb, kOp, name, "src_emb");
-  TORCH_CHECK_VALUE(src_idx.dim() == 1 && dst_idx.dim() == 1 && rel.dim() == 1, kOp,
-                    ": src_idx, dst_idx and rel must be 1-D");
-  const int64_t B = src_idx.size(0);
-  TORCH_CHECK_VALUE(dst_idx.size(0) == B && rel.size(0) == B, kOp,
-                    ": src_idx, dst_idx and rel must have the same length, got ", B, ", ",
-                    dst_idx.size(0), ", ", rel.size(0));
-  TORCH_CHECK_VALUE(chunk_size > 0, kOp, ": chunk_size must be positive, got ", chunk_size);
-  const int64_t C = (B + chunk_size - 1) / chunk_size;
-  TORCH_CHECK_VALUE(src_uniform.dim() == 2 && src_uniform.size(0) == C, kOp,
-                    ": src_uniform must be [num_chunks=", C, ", U], got ", src_uniform.sizes());
-  TORCH_CHECK_VALUE(dst_uniform.dim() == 2 && dst_uniform.size(0) == C, kOp,
-                    ": dst_uniform must be [num_chunks=", C, ", U], got ", dst_uniform.sizes());
-  TORCH_CHECK_VALUE(src_mode != NegMode::Skip || src_uniform.size(1) == 0, kOp,
-                    ": src_uniform must be empty when src_mode is 'skip'");
-  TORCH_CHECK_VALUE(dst_mode != NegMode::Skip || dst_uniform.size(1) == 0, kOp,
-                    ": dst_uniform must be empty when dst_mode is 'skip'");
-  const int64_t K = operator_num_params(op, D);
-  TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, kOp,
-                    ": complex_diagonal needs an even dim, got ", D);
-  TORCH_CHECK_VALUE(op_params.dim() == 2 && op_params.size(1) == K, kOp,
-                    ": op_params must be [R, ", K, "] for operator '", std::string(op_name),
-                    "' at dim ", D, ", got ", op_params.sizes());
-  const int64_t R = op_params.size(0);
+  const Comparator cmp = plan.cmp;
+  const Operator op = plan.op;
+  const Loss loss = plan.loss;
+  const NegMode src_mode = plan.src_mode, dst_mode = plan.dst_mode;
+  const int64_t D = plan.D, B = plan.B, C = plan.C, K = plan.K, R = plan.R;
+  const at::Tensor &src_i = plan.src_i, &dst_i = plan.dst_i, &rel_i = plan.rel_i;
+  const at::Tensor &su = plan.su, &du = plan.du, &params = plan.params, &w = plan.weight;
+  const at::Tensor globals[2] = {plan.src_global, plan.dst_global};
   const DeviceGuard device_guard(src_emb.device());
-  auto src_i = src_idx.contiguous(), dst_i = dst_idx.contiguous(), rel_i = rel.contiguous();
-  auto su = src_uniform.contiguous(), du = dst_uniform.contiguous();
-  auto params = op_params.contiguous();
-  // Index bounds, checked once here so the kernels can gather blindly.
-  check_bounds(src_i, src_emb.size(0), kOp, "src_idx");
-  check_bounds(dst_i, dst_emb.size(0), kOp, "dst_idx");
-  check_bounds(su, src_emb.size(0), kOp, "src_uniform");
-  check_bounds(du, dst_emb.size(0), kOp, "dst_uniform");
-  check_bounds(rel_i, R, kOp, "rel");
-  if (B > 0 && op != Operator::None && du.size(1) > 0) {
-    auto rel_pad =
-        at::constant_pad_nd(rel_i, {0, C * chunk_size - B}, -1).view({C, chunk_size});
-    auto first = rel_pad.select(1, 0).unsqueeze(1);
-    TORCH_CHECK_VALUE(((rel_pad == first) | (rel_pad == -1)).all().item<bool>(), kOp,
-                      ": dst uniform negatives need one relation per chunk, but a chunk mixes "
-                      "relations");
-  }
-  at::Tensor w;
-  if (weight.has_value() && weight->defined()) {
-    w = weight->contiguous();
-    check_device(w, src_emb, kOp, "weight", "src_emb");
-    check_same_dtype(w, src_emb, kOp, "weight", "src_emb");
-    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == B, kOp, ": weight must be [", B, "], got ",
-                      w.sizes());
-  }
-
-  at::Tensor globals[2];
-  for (auto [g, i, name] : {std::tuple{&src_global, 0, "src_global"}, {&dst_global, 1, "dst_global"}}) {
-    if (!g->has_value() || !(*g)->defined()) continue;
-    globals[i] = (*g)->contiguous();
-    check_device(globals[i], src_emb, kOp, name, "src_emb");
-    check_same_dtype(globals[i], src_emb, kOp, name, "src_emb");
-    TORCH_CHECK_VALUE(globals[i].dim() == 1 && globals[i].size(0) == D, kOp, ": ", name,
-                      " must be [", D, "], got ", globals[i].sizes());
-  }
 
   const int64_t Us = su.size(1), Ud = du.size(1);
   // Every row of src_grad / dst_grad is written by the kernels; op_param_grad is accumulated.
