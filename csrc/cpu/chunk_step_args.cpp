@@ -15,20 +15,13 @@ namespace {
 constexpr const char* kOp = "chunk_step";
 
 void check_on(const at::Tensor& t, c10::DeviceType device, const char* arg) {
-  TORCH_CHECK(t.device().type() == device, kOp, ": ", arg, " must be a ",
-              c10::DeviceTypeName(device), " tensor, got ", t.device());
+  pbg::check_on(t, device, kOp, arg);
 }
-
 void check_float_on(const at::Tensor& t, c10::DeviceType device, const char* arg) {
-  check_on(t, device, arg);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, kOp, ": ",
-                   arg, " must be float32 or float64, got ", t.scalar_type());
+  pbg::check_float_on(t, device, kOp, arg);
 }
-
 void check_index_on(const at::Tensor& t, c10::DeviceType device, const char* arg) {
-  check_on(t, device, arg);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, kOp, ": ", arg, " must be int64, got ",
-                   t.scalar_type());
+  pbg::check_index_on(t, device, kOp, arg);
 }
 
 }  // namespace

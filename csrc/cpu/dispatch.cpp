@@ -40,20 +40,35 @@ NegMode parse_neg_mode(const std::string& name, const char* op, const char* arg)
                     "'; expected one of skip, uniform, batch_uniform, all");
 }
 
-void check_cpu(const at::Tensor& t, const char* op, const char* arg) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", arg, " must be a CPU tensor, got ", t.device());
+void check_on(const at::Tensor& t, c10::DeviceType device, const char* op, const char* arg) {
+  TORCH_CHECK(t.device().type() == device, op, ": ", arg, " must be a ",
+              c10::DeviceTypeName(device), " tensor, got ", t.device());
 }
 
-void check_float_matrix(const at::Tensor& t, const char* op, const char* arg) {
-  check_cpu(t, op, arg);
+void check_float_on(const at::Tensor& t, c10::DeviceType device, const char* op,
+                    const char* arg) {
+  check_on(t, device, op, arg);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", arg,
                    " must be float32 or float64, got ", t.scalar_type());
 }
 
-void check_index(const at::Tensor& t, const char* op, const char* arg) {
-  check_cpu(t, op, arg);
+void check_index_on(const at::Tensor& t, c10::DeviceType device, const char* op,
+                    const char* arg) {
+  check_on(t, device, op, arg);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", arg, " must be int64, got ",
                    t.scalar_type());
+}
+
+void check_cpu(const at::Tensor& t, const char* op, const char* arg) {
+  check_on(t, c10::DeviceType::CPU, op, arg);
+}
+
+void check_float_matrix(const at::Tensor& t, const char* op, const char* arg) {
+  check_float_on(t, c10::DeviceType::CPU, op, arg);
+}
+
+void check_index(const at::Tensor& t, const char* op, const char* arg) {
+  check_index_on(t, c10::DeviceType::CPU, op, arg);
 }
 
 void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg,

@@ -18,7 +18,13 @@ Loss parse_loss(const std::string& name, const char* op);
 NegMode parse_neg_mode(const std::string& name, const char* op, const char* arg);
 
 
-// Argument checks shared by the ops; every message names the op and the argument.
+// Argument checks shared by the ops; every message names the op and the argument. The *_on
+// forms take the device the op runs on (the CPU kernels and the CUDA binding share them).
+void check_on(const at::Tensor& t, c10::DeviceType device, const char* op, const char* arg);
+void check_float_on(const at::Tensor& t, c10::DeviceType device, const char* op,
+                    const char* arg);
+void check_index_on(const at::Tensor& t, c10::DeviceType device, const char* op,
+                    const char* arg);
 void check_float_matrix(const at::Tensor& t, const char* op, const char* arg);
 void check_cpu(const at::Tensor& t, const char* op, const char* arg);
 void check_index(const at::Tensor& t, const char* op, const char* arg);

@@ -14,15 +14,12 @@ namespace {
 constexpr const char* kOp = "train_bucket_";
 
 void check_on(const at::Tensor& t, c10::DeviceType device, const char* arg) {
-  TORCH_CHECK(t.device().type() == device, kOp, ": ", arg, " must be a ",
-              c10::DeviceTypeName(device), " tensor, got ", t.device());
+  pbg::check_on(t, device, kOp, arg);
 }
 
 void check_table(const at::Tensor& emb, const at::Tensor& state, c10::DeviceType device,
                  const char* emb_name, const char* state_name) {
-  check_on(emb, device, emb_name);
-  TORCH_CHECK_TYPE(emb.scalar_type() == at::kFloat || emb.scalar_type() == at::kDouble, kOp, ": ",
-                   emb_name, " must be float32 or float64, got ", emb.scalar_type());
+  check_float_on(emb, device, kOp, emb_name);
   TORCH_CHECK_VALUE(emb.dim() == 2 && emb.is_contiguous(), kOp, ": ", emb_name,
                     " must be a contiguous [N, D] tensor, got ", emb.sizes());
   check_on(state, device, state_name);
@@ -71,9 +68,7 @@ TrainBucketPlan check_train_bucket(PBG_TRAIN_BUCKET_PARAMS, c10::DeviceType devi
                       kOp, ": ", gn, " and its state must both be [", D, "] (or both empty)");
   }
   for (auto [t, name] : {std::pair{&lhs, "lhs"}, {&rhs, "rhs"}, {&rel, "rel"}}) {
-    check_on(*t, device, name);
-    TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, kOp, ": ", name, " must be int64, got ",
-                     t->scalar_type());
+    check_index_on(*t, device, kOp, name);
   }
   const int64_t E = lhs.numel();
   TORCH_CHECK_VALUE(lhs.dim() == 1 && rhs.dim() == 1 && rhs.numel() == E &&
