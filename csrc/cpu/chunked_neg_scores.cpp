@@ -13,33 +13,18 @@
 
 #include "chunk_math.h"
 #include "dispatch.h"
+#include "op_args.h"
 
 namespace pbg {
 namespace {
 
 constexpr const char* kOp = "chunked_neg_scores";
 
-struct Shapes {
-  int64_t C, P, L, R, D;
-};
+using Shapes = ScoresShapes;
 
 Shapes check_inputs(const at::Tensor& lhs_pos, const at::Tensor& rhs_pos, const at::Tensor& lhs_neg,
                     const at::Tensor& rhs_neg, const char* op) {
-  check_float_matrix(lhs_pos, op, "lhs_pos");
-  for (auto [t, name] : {std::pair{&rhs_pos, "rhs_pos"}, {&lhs_neg, "lhs_neg"}, {&rhs_neg, "rhs_neg"}}) {
-    check_cpu(*t, op, name);
-    check_same_dtype(*t, lhs_pos, op, name, "lhs_pos");
-    TORCH_CHECK_VALUE(t->dim() == 3, op, ": ", name, " must be 3-D [C, n, D], got ", t->sizes());
-  }
-  TORCH_CHECK_VALUE(lhs_pos.dim() == 3, op, ": lhs_pos must be 3-D [C, P, D], got ", lhs_pos.sizes());
-  const int64_t C = lhs_pos.size(0), P = lhs_pos.size(1), D = lhs_pos.size(2);
-  TORCH_CHECK_VALUE(rhs_pos.sizes() == lhs_pos.sizes(), op, ": rhs_pos must match lhs_pos ",
-                    lhs_pos.sizes(), ", got ", rhs_pos.sizes());
-  TORCH_CHECK_VALUE(lhs_neg.size(0) == C && lhs_neg.size(2) == D, op, ": lhs_neg must be [", C,
-                    ", L, ", D, "], got ", lhs_neg.sizes());
-  TORCH_CHECK_VALUE(rhs_neg.size(0) == C && rhs_neg.size(2) == D, op, ": rhs_neg must be [", C,
-                    ", R, ", D, "], got ", rhs_neg.sizes());
-  return {C, P, lhs_neg.size(1), rhs_neg.size(1), D};
+  return check_scores_args(lhs_pos, rhs_pos, lhs_neg, rhs_neg, op, c10::DeviceType::CPU);
 }
 
 // Per-chunk workspace: prepared copies of the four inputs and their aux values.

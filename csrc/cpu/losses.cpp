@@ -11,6 +11,7 @@
 
 #include "../kernels/losses.h"
 #include "dispatch.h"
+#include "op_args.h"
 
 namespace pbg {
 namespace {
@@ -22,21 +23,9 @@ struct LossArgs {
 
 LossArgs check(const at::Tensor& pos, const at::Tensor& neg, const c10::optional<at::Tensor>& weight,
                const char* op) {
-  check_float_matrix(pos, op, "pos");
-  check_cpu(neg, op, "neg");
-  check_same_dtype(neg, pos, op, "neg", "pos");
-  TORCH_CHECK_VALUE(pos.dim() == 1, op, ": pos must be 1-D [N], got ", pos.sizes());
-  const int64_t N = pos.size(0);
-  TORCH_CHECK_VALUE(neg.dim() == 2 && neg.size(0) == N, op, ": neg must be [", N, ", M], got ",
-                    neg.sizes());
-  LossArgs a{pos.contiguous(), neg.contiguous(), at::Tensor(), N, neg.size(1)};
-  if (weight.has_value() && weight->defined()) {
-    check_cpu(*weight, op, "weight");
-    check_same_dtype(*weight, pos, op, "weight", "pos");
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == N, op, ": weight must be [", N,
-                      "], got ", weight->sizes());
-    a.weight = weight->contiguous();
-  }
+  const LossShapes sh = check_loss_args(pos, neg, weight, op, c10::DeviceType::CPU);
+  LossArgs a{pos.contiguous(), neg.contiguous(), at::Tensor(), sh.N, sh.M};
+  if (weight.has_value() && weight->defined()) a.weight = weight->contiguous();
   return a;
 }
 

@@ -9,25 +9,14 @@
 
 #include "../kernels/operators.h"
 #include "dispatch.h"
+#include "op_args.h"
 
 namespace pbg {
 namespace {
 
 void check(const at::Tensor& x, const at::Tensor& params, const at::Tensor& rel, Operator op,
            const char* opname) {
-  check_float_matrix(x, opname, "x");
-  check_cpu(params, opname, "op_params");
-  check_same_dtype(params, x, opname, "op_params", "x");
-  check_index(rel, opname, "rel");
-  TORCH_CHECK_VALUE(x.dim() == 2, opname, ": x must be 2-D [N, D], got ", x.sizes());
-  const int64_t D = x.size(1);
-  TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, opname,
-                    ": complex_diagonal needs an even dim, got ", D);
-  const int64_t K = operator_num_params(op, D);
-  TORCH_CHECK_VALUE(params.dim() == 2 && params.size(1) == K, opname, ": op_params must be [R, ", K,
-                    "], got ", params.sizes());
-  TORCH_CHECK_VALUE(rel.dim() == 1 && rel.size(0) == x.size(0), opname, ": rel must be [",
-                    x.size(0), "], got ", rel.sizes());
+  check_operator_args(x, params, rel, op, opname, c10::DeviceType::CPU);
   if (rel.numel() > 0) {
     const int64_t lo = rel.min().item<int64_t>(), hi = rel.max().item<int64_t>();
     TORCH_CHECK_INDEX(lo >= 0 && hi < params.size(0), opname, ": rel out of range [0, ",

@@ -20,6 +20,7 @@
 
 #include "../kernels/adagrad.h"
 #include "dispatch.h"
+#include "op_args.h"
 
 namespace pbg {
 namespace {
@@ -28,22 +29,8 @@ constexpr const char* kOp = "row_adagrad_";
 
 void row_adagrad_cpu(at::Tensor& weight, at::Tensor& state, const at::Tensor& indices,
                      const at::Tensor& grad, double lr, double eps) {
-  check_float_matrix(weight, kOp, "weight");
-  check_cpu(state, kOp, "state");
-  check_cpu(grad, kOp, "grad");
-  check_index(indices, kOp, "indices");
-  check_same_dtype(state, weight, kOp, "state", "weight");
-  check_same_dtype(grad, weight, kOp, "grad", "weight");
-  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [N, D], got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.is_contiguous() && state.is_contiguous(), kOp,
-                    ": weight and state must be contiguous (they are updated in place)");
-  const int64_t N = weight.size(0), D = weight.size(1);
-  TORCH_CHECK_VALUE(state.dim() == 1 && state.size(0) == N, kOp, ": state must be [", N,
-                    "], got ", state.sizes());
-  TORCH_CHECK_VALUE(indices.dim() == 1, kOp, ": indices must be 1-D, got ", indices.sizes());
-  const int64_t K = indices.size(0);
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == D, kOp,
-                    ": grad must be [", K, ", ", D, "], got ", grad.sizes());
+  check_row_adagrad_args(weight, state, indices, grad, c10::DeviceType::CPU);
+  const int64_t N = weight.size(0), D = weight.size(1), K = indices.size(0);
   if (K == 0) return;
   auto idx = indices.contiguous();
   auto g = grad.contiguous();

@@ -26,6 +26,7 @@
 
 #include "../cpu/chunk_step_args.h"
 #include "../cpu/dispatch.h"
+#include "../cpu/op_args.h"
 #include "../cpu/train_bucket_args.h"
 #include "../kernels/counter_rng.h"
 #include "../op_schemas.h"
@@ -36,6 +37,7 @@ namespace {
 
 #if defined(PBG_CUDA_HOST_EMULATION)
 // Host memory stands in for the device: the "CUDA" tensors are CPU tensors.
+constexpr auto kDevice = c10::DeviceType::CPU;
 bool on_device(const at::Tensor& t) { return t.is_cpu(); }
 struct DeviceGuard {
   explicit DeviceGuard(c10::Device) {}
@@ -43,6 +45,7 @@ struct DeviceGuard {
 cudaStream_t current_stream() { return nullptr; }
 const char* error_string(cudaError_t) { return "(host emulation)"; }
 #else
+constexpr auto kDevice = c10::DeviceType::CUDA;
 bool on_device(const at::Tensor& t) { return t.is_cuda(); }
 using DeviceGuard = c10::cuda::CUDAGuard;
 cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -59,19 +62,6 @@ void check_device(const at::Tensor& t, const at::Tensor& ref, const char* op, co
   check_cuda(t, op, arg);
   TORCH_CHECK(t.device() == ref.device(), op, ": ", arg, " must be on the device of ", ref_arg,
               " (", ref.device(), "), got ", t.device());
-}
-
-void check_float_cuda(const at::Tensor& t, const char* op, const char* arg) {
-  check_cuda(t, op, arg);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", arg,
-                   " must be float32 or float64, got ", t.scalar_type());
-}
-
-void check_index_cuda(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* arg,
-                      const char* ref_arg) {
-  check_device(t, ref, op, arg, ref_arg);
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", arg, " must be int64, got ",
-                   t.scalar_type());
 }
 
 // Values of t in [0, n); one device sync, as the CPU ops check bounds once up front so the
@@ -94,30 +84,14 @@ void check_launch(cudaError_t err, const char* op) {
 constexpr const char* kScoresOp = "chunked_neg_scores";
 constexpr const char* kScoresBackwardOp = "chunked_neg_scores_backward";
 
-struct ScoresShapes {
-  int64_t C, P, L, R, D;
-};
-
 ScoresShapes check_scores_inputs(const at::Tensor& lhs_pos, const at::Tensor& rhs_pos,
                                  const at::Tensor& lhs_neg, const at::Tensor& rhs_neg,
                                  const char* op) {
-  check_float_cuda(lhs_pos, op, "lhs_pos");
+  const ScoresShapes s = check_scores_args(lhs_pos, rhs_pos, lhs_neg, rhs_neg, op, kDevice);
   for (auto [t, name] : {std::pair{&rhs_pos, "rhs_pos"}, {&lhs_neg, "lhs_neg"},
-                         {&rhs_neg, "rhs_neg"}}) {
+                         {&rhs_neg, "rhs_neg"}})
     check_device(*t, lhs_pos, op, name, "lhs_pos");
-    check_same_dtype(*t, lhs_pos, op, name, "lhs_pos");
-    TORCH_CHECK_VALUE(t->dim() == 3, op, ": ", name, " must be 3-D [C, n, D], got ", t->sizes());
-  }
-  TORCH_CHECK_VALUE(lhs_pos.dim() == 3, op, ": lhs_pos must be 3-D [C, P, D], got ",
-                    lhs_pos.sizes());
-  const int64_t C = lhs_pos.size(0), P = lhs_pos.size(1), D = lhs_pos.size(2);
-  TORCH_CHECK_VALUE(rhs_pos.sizes() == lhs_pos.sizes(), op, ": rhs_pos must match lhs_pos ",
-                    lhs_pos.sizes(), ", got ", rhs_pos.sizes());
-  TORCH_CHECK_VALUE(lhs_neg.size(0) == C && lhs_neg.size(2) == D, op, ": lhs_neg must be [", C,
-                    ", L, ", D, "], got ", lhs_neg.sizes());
-  TORCH_CHECK_VALUE(rhs_neg.size(0) == C && rhs_neg.size(2) == D, op, ": rhs_neg must be [", C,
-                    ", R, ", D, "], got ", rhs_neg.sizes());
-  return {C, P, lhs_neg.size(1), rhs_neg.size(1), D};
+  return s;
 }
 
 template <typename T>
@@ -199,19 +173,11 @@ struct LossArgs {
 
 LossArgs check_loss_inputs(const at::Tensor& pos, const at::Tensor& neg,
                            const c10::optional<at::Tensor>& weight, const char* op) {
-  check_float_cuda(pos, op, "pos");
+  const LossShapes sh = check_loss_args(pos, neg, weight, op, kDevice);
   check_device(neg, pos, op, "neg", "pos");
-  check_same_dtype(neg, pos, op, "neg", "pos");
-  TORCH_CHECK_VALUE(pos.dim() == 1, op, ": pos must be 1-D [N], got ", pos.sizes());
-  const int64_t N = pos.size(0);
-  TORCH_CHECK_VALUE(neg.dim() == 2 && neg.size(0) == N, op, ": neg must be [", N, ", M], got ",
-                    neg.sizes());
-  LossArgs a{pos.contiguous(), neg.contiguous(), at::Tensor(), N, neg.size(1)};
+  LossArgs a{pos.contiguous(), neg.contiguous(), at::Tensor(), sh.N, sh.M};
   if (weight.has_value() && weight->defined()) {
     check_device(*weight, pos, op, "weight", "pos");
-    check_same_dtype(*weight, pos, op, "weight", "pos");
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == N, op, ": weight must be [", N,
-                      "], got ", weight->sizes());
     a.weight = weight->contiguous();
   }
   return a;
@@ -268,19 +234,9 @@ std::tuple<at::Tensor, at::Tensor> loss_backward_cuda(const at::Tensor& grad,
 
 void check_operator_inputs(const at::Tensor& x, const at::Tensor& params, const at::Tensor& rel,
                            Operator op, const char* opname) {
-  check_float_cuda(x, opname, "x");
+  check_operator_args(x, params, rel, op, opname, kDevice);
   check_device(params, x, opname, "op_params", "x");
-  check_same_dtype(params, x, opname, "op_params", "x");
-  check_index_cuda(rel, x, opname, "rel", "x");
-  TORCH_CHECK_VALUE(x.dim() == 2, opname, ": x must be 2-D [N, D], got ", x.sizes());
-  const int64_t D = x.size(1);
-  TORCH_CHECK_VALUE(op != Operator::ComplexDiagonal || D % 2 == 0, opname,
-                    ": complex_diagonal needs an even dim, got ", D);
-  const int64_t K = operator_num_params(op, D);
-  TORCH_CHECK_VALUE(params.dim() == 2 && params.size(1) == K, opname, ": op_params must be [R, ",
-                    K, "], got ", params.sizes());
-  TORCH_CHECK_VALUE(rel.dim() == 1 && rel.size(0) == x.size(0), opname, ": rel must be [",
-                    x.size(0), "], got ", rel.sizes());
+  check_device(rel, x, opname, "rel", "x");
   check_bounds(rel, params.size(0), opname, "rel");
 }
 
@@ -339,22 +295,11 @@ std::tuple<at::Tensor, at::Tensor> operator_backward_cuda(const at::Tensor& grad
 void row_adagrad_cuda(at::Tensor& weight, at::Tensor& state, const at::Tensor& indices,
                       const at::Tensor& grad, double lr, double eps) {
   constexpr const char* kOp = "row_adagrad_";
-  check_float_cuda(weight, kOp, "weight");
+  check_row_adagrad_args(weight, state, indices, grad, kDevice);
   check_device(state, weight, kOp, "state", "weight");
   check_device(grad, weight, kOp, "grad", "weight");
-  check_index_cuda(indices, weight, kOp, "indices", "weight");
-  check_same_dtype(state, weight, kOp, "state", "weight");
-  check_same_dtype(grad, weight, kOp, "grad", "weight");
-  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [N, D], got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.is_contiguous() && state.is_contiguous(), kOp,
-                    ": weight and state must be contiguous (they are updated in place)");
-  const int64_t N = weight.size(0), D = weight.size(1);
-  TORCH_CHECK_VALUE(state.dim() == 1 && state.size(0) == N, kOp, ": state must be [", N,
-                    "], got ", state.sizes());
-  TORCH_CHECK_VALUE(indices.dim() == 1, kOp, ": indices must be 1-D, got ", indices.sizes());
-  const int64_t K = indices.size(0);
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == K && grad.size(1) == D, kOp,
-                    ": grad must be [", K, ", ", D, "], got ", grad.sizes());
+  check_device(indices, weight, kOp, "indices", "weight");
+  const int64_t N = weight.size(0), D = weight.size(1), K = indices.size(0);
   if (K == 0) return;
   const DeviceGuard device_guard(weight.device());
   auto idx = indices.contiguous();
@@ -386,11 +331,6 @@ void row_adagrad_cuda(at::Tensor& weight, at::Tensor& state, const at::Tensor& i
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
   constexpr const char* kOp = "chunk_step";
-#if defined(PBG_CUDA_HOST_EMULATION)
-  constexpr auto kDevice = c10::DeviceType::CPU;
-#else
-  constexpr auto kDevice = c10::DeviceType::CUDA;
-#endif
   const ChunkStepPlan plan = check_chunk_step(PBG_CHUNK_STEP_ARGS, kDevice);
   TORCH_CHECK_VALUE(plan.src_mode != NegMode::All && plan.dst_mode != NegMode::All, kOp,
                     ": mode 'all' (all_negs) is not supported on CUDA yet");
@@ -481,11 +421,6 @@ chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
 at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
   constexpr const char* kOp = "train_bucket_";
   const auto t0 = std::chrono::steady_clock::now();
-#if defined(PBG_CUDA_HOST_EMULATION)
-  constexpr auto kDevice = c10::DeviceType::CPU;
-#else
-  constexpr auto kDevice = c10::DeviceType::CUDA;
-#endif
   const TrainBucketPlan plan = check_train_bucket(PBG_TRAIN_BUCKET_ARGS, kDevice);
   TORCH_CHECK_VALUE(!all_negs, kOp, ": all_negs is not supported on CUDA yet");
   for (auto [t, name] : {std::pair{&lhs_emb, "lhs_emb"}, {&rhs_emb, "rhs_emb"},

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["csrc/cuda/chunk_step.cu", "csrc/cuda/chunked_neg_scores.cu", "csrc/cuda/losses.cu",
            "csrc/cuda/operators.cu", "csrc/cuda/row_adagrad.cu", "csrc/cuda/train_bucket.cu",
            "csrc/cuda/ops_binding.cpp"]
-PLAIN = ["csrc/cpu/dispatch.cpp", "csrc/cpu/train_bucket_args.cpp",  # shared with the CPU op
+PLAIN = ["csrc/cpu/dispatch.cpp", "csrc/cpu/train_bucket_args.cpp", "csrc/cpu/op_args.cpp",
          "csrc/cpu/chunk_step_args.cpp"]
 COMPARATORS = ["dot", "cos", "l2", "squared_l2"]
 OPERATORS = ["none", "translation", "diagonal", "complex_diagonal", "linear", "affine"]
