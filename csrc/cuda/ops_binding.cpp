@@ -449,7 +449,9 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
   const int64_t R = plan.R, K = plan.K;
   auto g_rhs_op = at::empty({R, K}, lhs_emb.options());
   auto g_lhs_op = at::empty({dynamic ? R : 0, K}, lhs_emb.options());
-  auto g_glob = at::empty({2, plan.glob ? D : 0}, lhs_emb.options());  // lhs, rhs
+  // Global-embedding gradients [direction][lhs, rhs][D]: each chunk step overwrites its own
+  // direction's two rows; the step sums over directions.
+  auto g_glob = at::empty({dynamic ? 2 : 1, 2, plan.glob ? D : 0}, lhs_emb.options());
   const int64_t num_batches = (E + batch_size - 1) / batch_size;
   const uint64_t useed = static_cast<uint64_t>(seed);
   cudaStream_t stream = current_stream();
@@ -491,7 +493,6 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
       }
       g_rhs_op.zero_();
       g_lhs_op.zero_();
-      g_glob.zero_();
       // Gradient rows, and the table rows they belong to, per table (lhs, rhs).
       std::vector<at::Tensor> rows[2], grads[2];
       for (int rev = 0; rev < (dynamic ? 2 : 1); ++rev) {
@@ -532,8 +533,8 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
         if (plan.glob) {
           args.src_global = (rev ? rhs_global : lhs_global).data_ptr<T>();
           args.dst_global = (rev ? lhs_global : rhs_global).data_ptr<T>();
-          args.src_global_grad = g_glob[rev ? 1 : 0].data_ptr<T>();
-          args.dst_global_grad = g_glob[rev ? 0 : 1].data_ptr<T>();
+          args.src_global_grad = g_glob[rev][rev ? 1 : 0].data_ptr<T>();
+          args.dst_global_grad = g_glob[rev][rev ? 0 : 1].data_ptr<T>();
         }
         args.src_mode = smode;
         args.dst_mode = dmode;
@@ -549,16 +550,7 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
         args.edge_violators = edge_viol.data_ptr<int64_t>();
         auto workspace = at::empty({cuda::chunk_step_workspace_size(args)}, lhs_emb.options());
         args.workspace = workspace.data_ptr<T>();
-        if (plan.glob) {  // chunk_step overwrites the global gradients: accumulate via scratch
-          auto gs = at::empty({D}, lhs_emb.options()), gd = at::empty({D}, lhs_emb.options());
-          args.src_global_grad = gs.data_ptr<T>();
-          args.dst_global_grad = gd.data_ptr<T>();
-          check_launch(cuda::chunk_step<T>(args, stream), kOp);
-          g_glob[rev ? 1 : 0].add_(gs);
-          g_glob[rev ? 0 : 1].add_(gd);
-        } else {
-          check_launch(cuda::chunk_step<T>(args, stream), kOp);
-        }
+        check_launch(cuda::chunk_step<T>(args, stream), kOp);
         loss_sum.add_(edge_loss.narrow(0, 0, n).sum());
         auto v = edge_viol.narrow(0, 0, n).sum(0);  // (src side, dst side)
         viol_sum[rev ? 1 : 0].add_(v[0]);
@@ -607,23 +599,18 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
                        kOp);
       }
       if (plan.glob) {
+        const at::Tensor g = g_glob.sum(0);  // [lhs, rhs]
+        auto step = [&](at::Tensor& p, at::Tensor& st, const at::Tensor& grad) {
+          check_launch(cuda::dense_adagrad<T>(p.data_ptr<T>(), st.data_ptr<T>(),
+                                              grad.data_ptr<T>(), D, static_cast<T>(relation_lr),
+                                              eps, stream),
+                       kOp);
+        };
         if (same_glob) {
-          auto g = g_glob[0] + g_glob[1];
-          check_launch(cuda::dense_adagrad<T>(lhs_global.data_ptr<T>(),
-                                              lhs_global_state.data_ptr<T>(), g.data_ptr<T>(), D,
-                                              static_cast<T>(relation_lr), eps, stream),
-                       kOp);
+          step(lhs_global, lhs_global_state, g.sum(0));
         } else {
-          check_launch(cuda::dense_adagrad<T>(lhs_global.data_ptr<T>(),
-                                              lhs_global_state.data_ptr<T>(),
-                                              g_glob[0].data_ptr<T>(), D,
-                                              static_cast<T>(relation_lr), eps, stream),
-                       kOp);
-          check_launch(cuda::dense_adagrad<T>(rhs_global.data_ptr<T>(),
-                                              rhs_global_state.data_ptr<T>(),
-                                              g_glob[1].data_ptr<T>(), D,
-                                              static_cast<T>(relation_lr), eps, stream),
-                       kOp);
+          step(lhs_global, lhs_global_state, g[0]);
+          step(rhs_global, rhs_global_state, g[1]);
         }
       }
     }

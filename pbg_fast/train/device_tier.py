@@ -46,10 +46,6 @@ class DeviceTier:
         self.copies = 0
         self.prefetched = 0
 
-    @property
-    def plan(self):
-        return self.host.plan
-
     def enter(self, i: int) -> None:
         t0 = time.perf_counter()
         for k in sorted(self.host.plan[i]):
