@@ -31,15 +31,18 @@ PEER := .peer-venv
 # order-only prerequisites (after `|`), so changing the package list below (this Makefile or
 # pyproject.toml) re-runs pip for the packages and nothing else. The editable install is made
 # once; after changing pyproject.toml's entry points or package list, `rm .venv/.installed`.
+# What every venv of this project installs beside torch (.venv and .venv-cuda alike). UMLS,
+# Kinship and Nations (pbg_fast.datasets) come as pykeen's package data only: pykeen is never
+# imported, so it is installed without its dependencies.
+PY_DEPS := numpy h5py pyarrow tqdm pyyaml pybind11 ninja pytest hypothesis "setuptools>=64" wheel
+PY_NODEPS := pykeen==1.11.1
+
 $(VENV)/.deps: pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# Keep an existing torch (a CUDA build, say); otherwise take the pinned CPU build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q numpy h5py pyarrow tqdm pyyaml pybind11 ninja pytest hypothesis \
-	  "setuptools>=64" wheel
-	@# UMLS, Kinship and Nations (pbg_fast.datasets) as package data only: pykeen is never
-	@# imported, so none of its dependencies is installed.
-	$(PIP) install -q --no-deps pykeen==1.11.1
+	$(PIP) install -q $(PY_DEPS)
+	$(PIP) install -q --no-deps $(PY_NODEPS)
 	@touch $@
 
 $(VENV)/.installed: | $(VENV)/.deps
@@ -64,20 +67,27 @@ test: setup check-cuda
 	  $(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory check-portable
 
+# $(call test_build,DIR,PYTHON,CONDITION,MESSAGE): the op tests against the extension built into
+# DIR/lib, run from a package copy in DIR/pkg, which comes first on the path (--import-mode=append
+# keeps pytest from putting the checkout's own pbg_fast/ ahead of it); first a check that the
+# copy is what gets imported and that CONDITION holds for its build_info() `i` (else MESSAGE).
+define test_build
+	rm -rf $(1)/pkg && mkdir -p $(1)/pkg && cp -r pbg_fast $(1)/pkg/
+	cp $(1)/lib/pbg_fast/_C*.so $(1)/pkg/pbg_fast/
+	cd $(1)/pkg && $(abspath $(2)) -c "import pbg_fast, sys; i = pbg_fast.build_info(); \
+	  print(i); sys.exit(0 if pbg_fast.__file__.startswith('$(abspath $(1))') and \
+	  $(3) else '$(4)')"
+	cd $(1)/pkg && PYTHONPATH=$(abspath $(1))/pkg PBG_FAST_REQUIRE_EXT=1 \
+	  $(abspath $(2)) -m pytest -q --import-mode=append -p no:cacheprovider $(CURDIR)/tests/ops
+endef
+
 # The portable build (x86-64 baseline + run-time ISA dispatch), in build-portable/ (incremental),
-# and the op tests against it: run from its package copy, which comes first on the path
-# (--import-mode=append keeps pytest from putting the checkout's own pbg_fast/ ahead of it).
+# and the op tests against it.
 PORTABLE := build-portable
 check-portable: | $(VENV)/.installed
 	PBG_FAST_NATIVE=0 $(PY) setup.py -q build_ext --build-lib $(PORTABLE)/lib \
 	  --build-temp $(PORTABLE)/tmp
-	rm -rf $(PORTABLE)/pkg && mkdir -p $(PORTABLE)/pkg && cp -r pbg_fast $(PORTABLE)/pkg/
-	cp $(PORTABLE)/lib/pbg_fast/_C*.so $(PORTABLE)/pkg/pbg_fast/
-	cd $(PORTABLE)/pkg && $(abspath $(PY)) -c "import pbg_fast, sys; i = pbg_fast.build_info(); \
-	  print(i); sys.exit(0 if pbg_fast.__file__.startswith('$(abspath $(PORTABLE))') and \
-	  i['compiled_isa'] == 'x86-64' else 'check-portable: not the portable build')"
-	cd $(PORTABLE)/pkg && PYTHONPATH=$(abspath $(PORTABLE))/pkg PBG_FAST_REQUIRE_EXT=1 \
-	  $(abspath $(PY)) -m pytest -q --import-mode=append -p no:cacheprovider $(CURDIR)/tests/ops
+	$(call test_build,$(PORTABLE),$(PY),i['compiled_isa'] == 'x86-64',check-portable: not the portable build)
 
 # The CUDA side, GPU or not: nvcc's compile check of the kernels (objects kept in cuda-check/,
 # only what changed is recompiled), then the real extension, binding included, built against a
@@ -99,22 +109,14 @@ $(VENV_CUDA)/.deps: pyproject.toml Makefile
 	@test -x $(VENV_CUDA)/bin/python || $(PYTHON) -m venv $(VENV_CUDA)
 	@$(VENV_CUDA)/bin/python -c "import torch, sys; sys.exit(torch.version.cuda is None)" \
 	  2>/dev/null || $(VENV_CUDA)/bin/pip install -q "$(CUDA_TORCH_SPEC)"
-	$(VENV_CUDA)/bin/pip install -q numpy h5py pyarrow tqdm pyyaml pybind11 ninja pytest \
-	  hypothesis "setuptools>=64" wheel
-	$(VENV_CUDA)/bin/pip install -q --no-deps pykeen==1.11.1
+	$(VENV_CUDA)/bin/pip install -q $(PY_DEPS)
+	$(VENV_CUDA)/bin/pip install -q --no-deps $(PY_NODEPS)
 	@touch $@
 
 check-cuda-ext: $(VENV_CUDA)/.deps
 	TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" PBG_FAST_CUDA=1 $(VENV_CUDA)/bin/python setup.py -q \
 	  build_ext --build-lib $(BUILD_CUDA)/lib --build-temp $(BUILD_CUDA)/tmp
-	rm -rf $(BUILD_CUDA)/pkg && mkdir -p $(BUILD_CUDA)/pkg && cp -r pbg_fast $(BUILD_CUDA)/pkg/
-	cp $(BUILD_CUDA)/lib/pbg_fast/_C*.so $(BUILD_CUDA)/pkg/pbg_fast/
-	cd $(BUILD_CUDA)/pkg && $(abspath $(VENV_CUDA))/bin/python -c "import pbg_fast, sys; \
-	  i = pbg_fast.build_info(); print(i); sys.exit(0 if pbg_fast.__file__.startswith( \
-	  '$(abspath $(BUILD_CUDA))') and i['cuda_ext'] else 'check-cuda: not the CUDA build')"
-	cd $(BUILD_CUDA)/pkg && PYTHONPATH=$(abspath $(BUILD_CUDA))/pkg PBG_FAST_REQUIRE_EXT=1 \
-	  $(abspath $(VENV_CUDA))/bin/python -m pytest -q --import-mode=append -p no:cacheprovider \
-	  $(CURDIR)/tests/ops
+	$(call test_build,$(BUILD_CUDA),$(VENV_CUDA)/bin/python,i['cuda_ext'],check-cuda: not the CUDA build)
 
 bench: setup
 	$(PIP) install -q matplotlib

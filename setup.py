@@ -8,40 +8,30 @@ best ISA at run time. PBG_FAST_NATIVE=1 adds -march=native for a machine-specifi
 
 import glob
 import os
-import shutil
-import subprocess
+import sys
 
 from setuptools import setup
 
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from cuda_toolkit import toolkit_home  # noqa: E402
 
 
 def _cuda_environment():
     """Points torch's cpp_extension at a real CUDA toolkit before it looks for one (it reads
-    CUDA_HOME once, at import). Without CUDA_HOME torch takes the folder above the `nvcc` on PATH,
-    which is wrong when that `nvcc` is a wrapper script elsewhere (it is here): nvcc itself says
-    where it lives (`--dryrun` prints `_HERE_`, its real bin folder). The cuBLAS/cuSPARSE headers
+    CUDA_HOME once, at import; without it torch takes the folder above the `nvcc` on PATH, wrong
+    when that is a wrapper script): tools/cuda_toolkit.py finds it. The cuBLAS/cuSPARSE headers
     that torch's CUDA headers include may be missing from that toolkit but ship with torch's
     CUDA wheels (site-packages/nvidia/cu*/include): passed on as CUDA_INC_PATH."""
     if torch.version.cuda is None:
         return
-    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
-        nvcc = shutil.which("nvcc")
-        if nvcc is None:
-            return
-        try:
-            out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                                 capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return
-        here = [line.split("=", 1)[1].strip() for line in (out.stdout + out.stderr).splitlines()
-                if line.startswith("#$ _HERE_=")]
-        if here and os.path.exists(os.path.join(here[0], "..", "include", "cuda_runtime_api.h")):
-            os.environ["CUDA_HOME"] = os.path.realpath(os.path.join(here[0], ".."))
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if (home and not os.environ.get("CUDA_INC_PATH")
+    home = toolkit_home()
+    if home is None:
+        return
+    os.environ.setdefault("CUDA_HOME", home)
+    if (not os.environ.get("CUDA_INC_PATH")
             and not os.path.exists(os.path.join(home, "include", "cublas_v2.h"))):
         import importlib.util
         spec = importlib.util.find_spec("nvidia")

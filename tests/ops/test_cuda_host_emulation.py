@@ -12,8 +12,6 @@ the nvcc on PATH; without them the module skips, unless PBG_FAST_REQUIRE_CUDA_EM
 
 import math
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from pbg_fast import ops
 from tests.conftest import tolerances
 from tests.ops import test_train_bucket_reference as bucket
 from tests.ops.test_chunk_step import ARGS, exact_ties, make_case
+from tools.cuda_toolkit import toolkit_home
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ["csrc/cuda/chunk_step.cu", "csrc/cuda/chunked_neg_scores.cu", "csrc/cuda/losses.cu",
@@ -37,14 +36,7 @@ LOSSES = ["ranking", "logistic", "softmax"]
 
 
 def cuda_include():
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    nvcc = shutil.which("nvcc")
-    if not home and nvcc:  # the toolkit behind nvcc (which may be a wrapper elsewhere)
-        out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                             capture_output=True, text=True)
-        here = [line.split("=", 1)[1].strip() for line in (out.stdout + out.stderr).splitlines()
-                if line.startswith("#$ _HERE_=")]
-        home = str(Path(here[0]).parent) if here else None
+    home = toolkit_home()  # the same toolkit setup.py builds with
     inc = Path(home) / "include" if home else None
     return inc if inc and (inc / "cuda_runtime.h").exists() else None
 
