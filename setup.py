@@ -16,7 +16,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from cuda_toolkit import toolkit_home  # noqa: E402
+from cuda_toolkit import cublas_library, toolkit_home  # noqa: E402
 
 
 def _cuda_environment():
@@ -88,13 +88,17 @@ def extensions():
         cxx += b["native_flags"]
     sources = _sources(b["cpu_sources"] + b["python_module_sources"])
     if _want_cuda():
+        cublas = cublas_library(cpp_extension.CUDA_HOME)
+        if cublas is None:
+            raise SystemExit("the CUDA build needs cuBLAS (libcublas.so): not in the toolkit at "
+                             f"{cpp_extension.CUDA_HOME} nor in torch's nvidia wheels")
         return [
             cpp_extension.CUDAExtension(
                 "pbg_fast._C",
                 sources + _sources(b["cuda_sources"]),
                 extra_compile_args={"cxx": cxx + [f"-D{d}" for d in b["cuda_defines"]],
                                     "nvcc": b["nvcc_flags"]},
-                extra_link_args=b["link_flags"],
+                extra_link_args=b["link_flags"] + [cublas],
             )
         ]
     return [

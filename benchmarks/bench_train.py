@@ -159,23 +159,32 @@ def device_bench(a) -> None:
     empty = torch.zeros(0, device=dev)
     no_rel = torch.zeros(0, dtype=torch.long, device=dev)
 
-    def bucket(n, seed):
+    def bucket(n, seed, precision):
         return torch.ops.pbg_fast.train_bucket_(
             emb, state, emb, state, none, none.clone(), none.clone(), none.clone(), empty,
             empty.clone(), empty.clone(), empty.clone(), lhs[:n], rhs[:n], no_rel, None, batch,
             negs, negs, False, False, False, "dot", "none", "softmax", 0.1, 1.0, 0.1, 0.1,
-            os.cpu_count() if dev.type == "cpu" else 1, seed)
+            os.cpu_count() if dev.type == "cpu" else 1, seed, 0.0, False, 0.0, precision)
 
-    bucket(min(edges, 20 * batch), 1)  # warm-up
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    sync()
-    t0 = time.perf_counter()
-    stats = bucket(edges, 2)
-    sync()
-    op_s = time.perf_counter() - t0
+    # The op once per precision of its products (fp32 first: the headline), each after a
+    # warm-up, on the same tables.
+    precisions = (a.precisions or ("fp32,tf32,bf16" if dev.type == "cuda" else "fp32")).split(",")
+    op = {}
+    for precision in precisions:
+        bucket(min(edges, 20 * batch), 1, precision)  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        sync()
+        t0 = time.perf_counter()
+        stats = bucket(edges, 2, precision)
+        sync()
+        op[precision] = dict(seconds=time.perf_counter() - t0,
+                             loss_per_edge=float(stats[0]) / edges,
+                             peak_device_mb=(torch.cuda.max_memory_allocated(dev) / 2**20
+                                             if dev.type == "cuda" else None))
+    op_s = op[precisions[0]]["seconds"]
     op_eps = edges / op_s
-    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    peak = op[precisions[0]]["peak_device_mb"]
 
     # The baseline: the same step from the reference ops, batch after batch, for a while.
     seconds = 10 if a.quick else 30
@@ -198,7 +207,13 @@ def device_bench(a) -> None:
               negatives=f"{negs} in-chunk + {negs} uniform per side", op_seconds=op_s,
               edges_per_s=op_eps, reference_edges_per_s=ref_eps,
               speedup_vs_reference=op_eps / ref_eps, peak_device_mb=peak,
-              loss_per_edge=float(stats[0]) / edges, **info))
+              precision=precisions[0], loss_per_edge=op[precisions[0]]["loss_per_edge"], **info))
+    for precision in precisions[1:]:  # the reduced-precision products, same run
+        emit(dict(what="train_device_precision", precision=precision, edges=edges,
+                  edges_per_s=edges / op[precision]["seconds"],
+                  speedup_vs_fp32=op_s / op[precision]["seconds"],
+                  loss_per_edge=op[precision]["loss_per_edge"],
+                  peak_device_mb=op[precision]["peak_device_mb"], **info))
     del emb, state, lhs, rhs
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -298,6 +313,9 @@ def main():
     ap.add_argument("--device", default=None,
                     help="the bucket op alone on this device (cuda, or cpu for a smoke run), "
                          "against a plain-PyTorch trainer on the same device")
+    ap.add_argument("--precisions", default=None,
+                    help="with --device: the products' precisions to time, comma-separated "
+                         "(default fp32,tf32,bf16 on cuda, fp32 on cpu)")
     a = ap.parse_args()
     if a.device:
         return device_bench(a)

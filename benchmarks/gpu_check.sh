@@ -8,7 +8,8 @@
 #                   test on both; test_cuda_build checks the dispatcher) and the GPU trainer's
 #                   end-to-end test (MRR against the CPU trainer); tests.xml (JUnit)
 #   4. bench.jsonl  bench_train.py --device cuda --quick: train_bucket_ on the GPU against a
-#                   plain-PyTorch trainer on the same GPU, edges/s and peak memory; then the
+#                   plain-PyTorch trainer on the same GPU, edges/s and peak memory, with fp32,
+#                   tf32 and bf16 products (cuBLAS); then the
 #                   GPU trainer at P=4 swapping partitions (edges/s, seconds per copy)
 #   5. summary.txt  what passed, how many CUDA cases ran, the benchmark's headline
 # Usage: bash benchmarks/gpu_check.sh OUTDIR [--cpu-dry-run]
@@ -97,6 +98,9 @@ for line in open(sys.argv[1]):
         print(f"bench swapping P=4: {r['edges_per_s'] / 1e6:.2f}M edges/s in the op, "
               f"{r['wall_edges_per_s'] / 1e6:.2f}M wall, {r['seconds_per_device_copy']:.3f} s "
               f"per device copy")
+    if r.get("what") == "train_device_precision":
+        print(f"bench {r['precision']} products: {r['edges_per_s'] / 1e6:.2f}M edges/s "
+              f"({r['speedup_vs_fp32']:.2f}x fp32), loss/edge {r['loss_per_edge']:.4f}")
     if r.get("what") == "train_device" and "edges_per_s" in r:
         print(f"bench: {r['edges'] / 1e6:g}M edges, {r['nodes'] / 1e6:g}M nodes: "
               f"{r['edges_per_s'] / 1e6:.2f}M edges/s, plain PyTorch "

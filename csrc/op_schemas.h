@@ -25,7 +25,7 @@ inline constexpr const char* kOpSchemas[] = {
     "chunk_step(Tensor src_emb, Tensor dst_emb, Tensor src_idx, Tensor dst_idx, Tensor rel, "
         "Tensor op_params, Tensor src_uniform, Tensor dst_uniform, Tensor? weight, Tensor? src_global, "
         "Tensor? dst_global, int chunk_size, str src_mode, str dst_mode, str comparator, "
-        "str operator, str loss, float margin, float reg_coef=0.0) "
+        "str operator, str loss, float margin, float reg_coef=0.0, str precision=\"fp32\") "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "train_bucket_(Tensor(a!) lhs_emb, Tensor(b!) lhs_state, Tensor(c!) rhs_emb, "
         "Tensor(d!) rhs_state, Tensor(e!) rhs_op_params, Tensor(f!) rhs_op_state, "
@@ -35,7 +35,7 @@ inline constexpr const char* kOpSchemas[] = {
         "int num_uniform_negs, bool disable_lhs_negs, bool disable_rhs_negs, bool dynamic, "
         "str comparator, str operator, str loss, float margin, float relation_weight, float lr, "
         "float relation_lr, int workers, int seed, float reg_coef=0.0, bool all_negs=False, "
-        "float max_norm=0.0) -> Tensor",
+        "float max_norm=0.0, str precision=\"fp32\") -> Tensor",
 };
 
 }  // namespace pbg

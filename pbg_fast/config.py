@@ -145,6 +145,10 @@ class ConfigSchema:
     num_groups_for_partition_server: int = _help("torch.distributed groups for partition servers.",
                                                  default=16)
     half_precision: bool = _help("Half-precision training (GPU only).", default=False)
+    matmul_precision: str = _help(
+        "Inputs of the GPU trainer's score and gradient products: fp32 (default), tf32 (tensor "
+        "cores, 10-bit mantissa) or bf16 (inputs rounded to bfloat16); accumulated in float32 "
+        "either way. The CPU computes in fp32 only.", default="fp32")
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -168,7 +172,8 @@ class ConfigSchema:
     NOT_IN_PBG_1_0 = ("regularization_coef", "regularizer", "num_gpus",
                       "num_groups_for_partition_server", "half_precision",
                       "partition_buffer_size", "partition_buffer_memory_gb", "partition_io",
-                      "distributed_timeout", "distributed_lease", "param_sync_interval")
+                      "distributed_timeout", "distributed_lease", "param_sync_interval",
+                      "matmul_precision")
 
     def to_pbg_dict(self) -> Dict[str, Any]:
         """The config as PyTorch-BigGraph 1.0's schema accepts it: keys it does not know are
@@ -394,8 +399,12 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     if c.num_gpus and c.num_machines > 1:
         raise ConfigError("num_gpus: distributed training (num_machines > 1) runs on CPUs only "
                           "so far; set num_gpus: 0")
-    if c.num_gpus and any(r.all_negs for r in c.relations):
-        raise ConfigError("num_gpus: all_negs is not supported on the GPU yet")
+    if c.matmul_precision not in ("fp32", "tf32", "bf16"):
+        raise ConfigError(f"matmul_precision: one of fp32, tf32, bf16, got "
+                          f"{c.matmul_precision!r}")
+    if c.matmul_precision != "fp32" and not c.num_gpus:
+        raise ConfigError(f"matmul_precision: {c.matmul_precision!r} is for the GPU trainer "
+                          f"(num_gpus: 1); the CPU computes in fp32")
     # Keys pbg_fast accepts at PBG's defaults but cannot honour at other values yet.
     not_yet = {
         "bias": (c.bias, False, "the bias dimension"),

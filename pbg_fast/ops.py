@@ -114,6 +114,7 @@ def chunk_step(
     loss: str,
     margin: float = 0.1,
     reg_coef: float = 0.0,
+    precision: str = "fp32",
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused training step of one batch in one direction (PBG's forward_direction_agnostic
     plus the loss and the backward pass), with no per-pair tensors beyond each chunk's scores.
@@ -144,11 +145,14 @@ def chunk_step(
     applies them; violators counts negatives scoring above their positive, per side. With 'all'
     on a side, that side's rows after the positives' are the gradient of every table row
     ([B + rows, D]: row_adagrad_ indices cat(idx, arange(rows))).
+    Precision of the score and gradient products (CUDA, float32 tables): 'fp32' (default),
+    'tf32' (tensor cores: inputs with a 10-bit mantissa) or 'bf16' (inputs rounded to
+    bfloat16), accumulated in float32 either way; the CPU computes in 'fp32' only.
     """
     return torch.ops.pbg_fast.chunk_step(
         src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
         src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss, margin,
-        reg_coef,
+        reg_coef, precision,
     )
 
 
@@ -242,7 +246,7 @@ def _register() -> None:
     @torch.library.register_fake(lib + "chunk_step")
     def _(src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,
           src_global, dst_global, chunk_size, src_mode, dst_mode, comparator, operator, loss,
-          margin, reg_coef=0.0):
+          margin, reg_coef=0.0, precision="fp32"):
         b, d = src_idx.shape[0], src_emb.shape[1]
         c = src_uniform.shape[0]
         ns = src_emb.shape[0] if src_mode == "all" else c * src_uniform.shape[1]

@@ -28,3 +28,23 @@ def toolkit_home() -> Optional[str]:
     if here and os.path.exists(os.path.join(here[0], "..", "include", "cuda_runtime_api.h")):
         return os.path.realpath(os.path.join(here[0], ".."))
     return None
+
+
+def cublas_library(home: Optional[str]) -> Optional[str]:
+    """The cuBLAS shared library to link the CUDA extension against (its chunk step calls
+    cublasGemmStridedBatchedEx): the toolkit's lib64/libcublas.so, else the one torch's CUDA
+    wheels ship (site-packages/nvidia/cu*/lib or nvidia/cublas/lib), the newest soname first.
+    At run time it is the one torch has already loaded (same soname). None if neither exists."""
+    import glob
+    import importlib.util
+    candidates = []
+    if home:
+        candidates += [os.path.join(home, d, "libcublas.so") for d in ("lib64", "lib")]
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for pattern in ("*/lib/libcublas.so*", "cublas/lib/libcublas.so*"):
+            candidates += sorted(glob.glob(os.path.join(root, pattern)), reverse=True)
+    for path in candidates:
+        if os.path.exists(path) and "Lt" not in os.path.basename(path):
+            return path
+    return None

@@ -90,6 +90,7 @@ constexpr const char* kOp = "chunk_step";
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 chunk_step_cpu(PBG_CHUNK_STEP_PARAMS) {
   const ChunkStepPlan plan = check_chunk_step(PBG_CHUNK_STEP_ARGS, c10::DeviceType::CPU);
+  check_cpu_precision(plan.precision, "chunk_step");
   const Comparator cmp = plan.cmp;
   const Operator op = plan.op;
   const Loss loss = plan.loss;

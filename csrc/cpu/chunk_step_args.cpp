@@ -125,6 +125,7 @@ ChunkStepPlan check_chunk_step(PBG_CHUNK_STEP_PARAMS, c10::DeviceType device) {
   };
   p.src_global = global_arg(src_global, "src_global");
   p.dst_global = global_arg(dst_global, "dst_global");
+  p.precision = parse_precision(std::string(precision), kOp, src_emb.scalar_type());
   p.cmp = cmp;
   p.op = op;
   p.loss = loss;

@@ -18,12 +18,12 @@
     const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& src_global,       \
     const c10::optional<at::Tensor>& dst_global, int64_t chunk_size, c10::string_view src_mode_name, \
     c10::string_view dst_mode_name, c10::string_view comparator, c10::string_view op_name,      \
-    c10::string_view loss_name, double margin, double reg_coef
+    c10::string_view loss_name, double margin, double reg_coef, c10::string_view precision
 
 #define PBG_CHUNK_STEP_ARGS                                                                     \
       src_emb, dst_emb, src_idx, dst_idx, rel, op_params, src_uniform, dst_uniform, weight,     \
       src_global, dst_global, chunk_size, src_mode_name, dst_mode_name, comparator, op_name,    \
-      loss_name, margin, reg_coef
+      loss_name, margin, reg_coef, precision
 
 namespace pbg {
 
@@ -31,6 +31,7 @@ struct ChunkStepPlan {
   Comparator cmp;
   Operator op;
   Loss loss;
+  Precision precision;  // of the products (CUDA; fp32 on the CPU)
   NegMode src_mode, dst_mode;
   int64_t D, B, C, K, R;  // dim, edges, chunks, operator parameters per relation, relations
   // Contiguous inputs (weight and the globals undefined when not given).

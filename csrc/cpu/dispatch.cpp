@@ -40,6 +40,29 @@ NegMode parse_neg_mode(const std::string& name, const char* op, const char* arg)
                     "'; expected one of skip, uniform, batch_uniform, all");
 }
 
+Precision parse_precision(const std::string& name, const char* op, at::ScalarType dtype) {
+  Precision p;
+  if (name == "fp32") {
+    p = Precision::FP32;
+  } else if (name == "tf32") {
+    p = Precision::TF32;
+  } else if (name == "bf16") {
+    p = Precision::BF16;
+  } else {
+    TORCH_CHECK_VALUE(false, op, ": precision: unknown '", name,
+                      "'; expected one of fp32, tf32, bf16");
+  }
+  TORCH_CHECK_VALUE(p == Precision::FP32 || dtype == at::kFloat, op, ": precision '", name,
+                    "' needs float32 tables, got ", dtype, "; use 'fp32'");
+  return p;
+}
+
+void check_cpu_precision(Precision p, const char* op) {
+  TORCH_CHECK_VALUE(p == Precision::FP32, op, ": precision '",
+                    p == Precision::TF32 ? "tf32" : "bf16",
+                    "' runs on CUDA only (the CPU kernels compute in fp32); use 'fp32'");
+}
+
 void check_on(const at::Tensor& t, c10::DeviceType device, const char* op, const char* arg) {
   TORCH_CHECK(t.device().type() == device, op, ": ", arg, " must be a ",
               c10::DeviceTypeName(device), " tensor, got ", t.device());

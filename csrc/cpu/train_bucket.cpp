@@ -429,6 +429,7 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
 at::Tensor train_bucket_cpu(PBG_TRAIN_BUCKET_PARAMS) {
   const auto t0 = std::chrono::steady_clock::now();
   const TrainBucketPlan plan = check_train_bucket(PBG_TRAIN_BUCKET_ARGS, c10::DeviceType::CPU);
+  check_cpu_precision(plan.precision, "train_bucket_");
   const Comparator cmp = plan.cmp;
   const Operator op = plan.op;
   const Loss loss = plan.loss;

@@ -115,6 +115,7 @@ TrainBucketPlan check_train_bucket(PBG_TRAIN_BUCKET_PARAMS, c10::DeviceType devi
   const int64_t chunk = all_negs ? all_chunk : num_batch_negs > 0 ? num_batch_negs : num_uniform_negs;
   const int64_t num_uniform = all_negs ? 0 : num_uniform_negs;
   // A disabled side is PBG's Negatives.NONE: a loss term with no negatives ('uniform', U = 0).
+  plan.precision = parse_precision(std::string(precision), kOp, lhs_emb.scalar_type());
   plan.cmp = cmp;
   plan.op = op;
   plan.loss = loss;

@@ -23,14 +23,14 @@
     bool disable_rhs_negs, bool dynamic, c10::string_view comparator, c10::string_view op_name, \
     c10::string_view loss_name, double margin, double relation_weight, double lr,               \
     double relation_lr, int64_t workers, int64_t seed, double reg_coef, bool all_negs,          \
-    double max_norm
+    double max_norm, c10::string_view precision
 
 #define PBG_TRAIN_BUCKET_ARGS                                                                   \
       lhs_emb, lhs_state, rhs_emb, rhs_state, rhs_op_params, rhs_op_state, lhs_op_params,       \
       lhs_op_state, lhs_global, lhs_global_state, rhs_global, rhs_global_state, lhs, rhs, rel,  \
       weight, batch_size, num_batch_negs, num_uniform_negs, disable_lhs_negs, disable_rhs_negs, \
       dynamic, comparator, op_name, loss_name, margin, relation_weight, lr, relation_lr, workers, \
-      seed, reg_coef, all_negs, max_norm
+      seed, reg_coef, all_negs, max_norm, precision
 
 namespace pbg {
 
@@ -38,6 +38,7 @@ struct TrainBucketPlan {
   Comparator cmp;
   Operator op;
   Loss loss;
+  Precision precision;  // of the chunk step's products (CUDA; fp32 on the CPU)
   int64_t D, K, R, E;
   bool glob;            // global embeddings given
   NegMode base;         // the negatives' mode of an enabled side

@@ -102,9 +102,37 @@ cudaError_t row_adagrad(T* weight, T* state, int64_t D, const T* grad,
 
 // ---- the fused chunk step -----------------------------------------------------------------
 
+// One strided-batched product in cuBLAS's own (column-major) terms: for i < batch,
+//   C_i = op(A_i) op(B_i) + beta C_i,   op(X) = X^T when trans_*, op(A_i) [m, k], op(B_i) [k, n],
+// A_i = a + i * stride_a (elements), element (r, c) of a stored matrix at r + c * ld.
+// a and b hold T, or bfloat16 bits (uint16_t, kernels/bfloat16.h) under Precision::BF16; c is T.
+template <typename T>
+struct Gemm {
+  bool trans_a, trans_b;
+  int64_t m, n, k;
+  const void* a;
+  int64_t lda, stride_a;
+  const void* b;
+  int64_t ldb, stride_b;
+  T beta;
+  T* c;
+  int64_t ldc, stride_c;
+  int64_t batch;
+};
+
+// Who runs the products: the binding supplies cuBLAS on the current stream's handle
+// (cublasGemmStridedBatchedEx; TF32 through its compute type), the host emulation an
+// independent host implementation of the same contract. Errors surface as exceptions from the
+// binding, or as the cudaError_t returned.
+template <typename T>
+struct GemmRunner {
+  void* ctx;
+  cudaError_t (*run)(void* ctx, const Gemm<T>& g, Precision precision, cudaStream_t stream);
+};
+
 // Everything chunk_step needs; see pbg_fast/ops.py:chunk_step for the contract. B edges in
 // C = ceil(B / chunk_size) chunks; rows of src_grad follow cat(src_idx, src_uniform.flatten()),
-// rows of dst_grad likewise.
+// or cat(src_idx, arange(src_rows)) under NegMode::All; rows of dst_grad likewise.
 template <typename T>
 struct ChunkStepArgs {
   // Tables (read only).
@@ -112,6 +140,7 @@ struct ChunkStepArgs {
   int64_t src_stride;
   const T* dst_emb;  // [dst_rows, D], row stride dst_stride
   int64_t dst_stride;
+  int64_t src_rows, dst_rows;  // the tables' rows (every one a negative under NegMode::All)
   const T* op_params;  // [R, K] contiguous
   int64_t num_params;  // K
   int64_t dim;         // D
@@ -136,9 +165,13 @@ struct ChunkStepArgs {
   Loss loss;
   T margin;
   T reg_coef;  // N3 on the positives' rows (as stored) and their relations' parameters; 0: off
+  // The score and gradient products (every [rows x D] . [D x rows] of the step) run on `gemm`
+  // with inputs of this precision (TF32/BF16: float tables only); the rest stays in T.
+  Precision precision;
+  GemmRunner<T> gemm;
   // Outputs.
-  T* src_grad;              // [B + C*Us, D], overwritten
-  T* dst_grad;              // [B + C*Ud, D], overwritten
+  T* src_grad;              // [B + C*Us, D] ([B + src_rows, D] under All), overwritten
+  T* dst_grad;              // [B + C*Ud, D] likewise, overwritten
   T* op_param_grad;         // [R, K], accumulated into (the caller zeroes it)
   T* src_global_grad;       // [D], overwritten (when src_global is set)
   T* dst_global_grad;       // [D], overwritten (when dst_global is set)

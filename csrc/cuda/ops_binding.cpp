@@ -12,14 +12,18 @@
 // glue against the CPU kernels and the reference on a machine without a GPU.
 #if !defined(PBG_CUDA_HOST_EMULATION)
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cublas_v2.h>
 #endif
 #include <torch/library.h>
 #include <torch/types.h>
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -77,6 +81,82 @@ void check_bounds(const at::Tensor& t, int64_t n, const char* op, const char* na
 
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", error_string(err));
+}
+
+// ---- the chunk step's products (launchers.h: Gemm, GemmRunner) ----------------------------
+
+#if defined(PBG_CUDA_HOST_EMULATION)
+// The Gemm contract read independently of cuBLAS: each operand a strided view of the buffer
+// (column-major, batch stride), BF16 inputs read as bfloat16, TF32 inputs rounded to a 10-bit
+// mantissa (as tensor cores read them), the product in T.
+template <typename T>
+cudaError_t run_gemm(void*, const cuda::Gemm<T>& g, Precision precision, cudaStream_t) {
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  // op(X) [rows, cols]; X is stored [rows, cols], or [cols, rows] when trans.
+  auto operand = [&](const void* p, bool trans, int64_t rows, int64_t cols, int64_t ld,
+                     int64_t stride) {
+    const int64_t r = trans ? cols : rows, c = trans ? rows : cols;
+    at::Tensor x = at::from_blob(const_cast<void*>(p), {g.batch, r, c}, {stride, 1, ld},
+                                 at::TensorOptions().dtype(precision == Precision::BF16
+                                                               ? at::kBFloat16
+                                                               : dtype));
+    x = x.to(dtype).contiguous();
+    if (precision == Precision::TF32) {  // round to nearest at the 13 dropped mantissa bits
+      x = (x.view(at::kInt) + 0x1000).bitwise_and(~0x1fff).view(dtype);
+    }
+    return trans ? x.transpose(1, 2) : x;
+  };
+  const at::Tensor A = operand(g.a, g.trans_a, g.m, g.k, g.lda, g.stride_a);
+  const at::Tensor B = operand(g.b, g.trans_b, g.k, g.n, g.ldb, g.stride_b);
+  at::Tensor C = at::from_blob(g.c, {g.batch, g.m, g.n}, {g.stride_c, 1, g.ldc},
+                               at::TensorOptions().dtype(dtype));
+  const at::Tensor product = at::bmm(A, B);
+  if (g.beta == T(0)) {
+    C.copy_(product);  // C is not read: it may hold anything
+  } else {
+    C.mul_(g.beta).add_(product);
+  }
+  return cudaSuccess;
+}
+#else
+// cuBLAS on the current stream's handle. FP32 runs with the default math mode (no TF32, whatever
+// torch's allow_tf32 set on the shared handle), TF32 through the compute type, BF16 with
+// bfloat16 inputs; all accumulate and write in T.
+template <typename T>
+cudaError_t run_gemm(void*, const cuda::Gemm<T>& g, Precision precision, cudaStream_t stream) {
+  constexpr bool f64 = std::is_same_v<T, double>;
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(g.m <= kMax && g.n <= kMax && g.k <= kMax && g.lda <= kMax && g.ldb <= kMax &&
+                  g.ldc <= kMax && g.batch <= kMax,
+              "chunk_step: a product is too large for cuBLAS's int sizes: m ", g.m, ", n ", g.n,
+              ", k ", g.k, ", batch ", g.batch, " (use a smaller batch_size)");
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  TORCH_CUDABLAS_CHECK(cublasSetStream(handle, stream));
+  cublasMath_t math;
+  TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &math));
+  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  const cudaDataType in_type =
+      precision == Precision::BF16 ? CUDA_R_16BF : f64 ? CUDA_R_64F : CUDA_R_32F;
+  const cudaDataType out_type = f64 ? CUDA_R_64F : CUDA_R_32F;
+  const cublasComputeType_t compute = f64 ? CUBLAS_COMPUTE_64F
+                                      : precision == Precision::TF32
+                                          ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                          : CUBLAS_COMPUTE_32F;
+  const T alpha = 1, beta = g.beta;
+  const cublasStatus_t status = cublasGemmStridedBatchedEx(
+      handle, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+      int(g.m), int(g.n), int(g.k), &alpha, g.a, in_type, int(g.lda), g.stride_a, g.b, in_type,
+      int(g.ldb), g.stride_b, &beta, g.c, out_type, int(g.ldc), g.stride_c, int(g.batch),
+      compute, CUBLAS_GEMM_DEFAULT);
+  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, math));
+  TORCH_CUDABLAS_CHECK(status);
+  return cudaSuccess;
+}
+#endif
+
+template <typename T>
+cuda::GemmRunner<T> gemm_runner() {
+  return cuda::GemmRunner<T>{nullptr, &run_gemm<T>};
 }
 
 // ---- chunked_neg_scores -------------------------------------------------------------------
@@ -332,8 +412,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
   constexpr const char* kOp = "chunk_step";
   const ChunkStepPlan plan = check_chunk_step(PBG_CHUNK_STEP_ARGS, kDevice);
-  TORCH_CHECK_VALUE(plan.src_mode != NegMode::All && plan.dst_mode != NegMode::All, kOp,
-                    ": mode 'all' (all_negs) is not supported on CUDA yet");
   check_device(dst_emb, src_emb, kOp, "dst_emb", "src_emb");
   check_device(op_params, src_emb, kOp, "op_params", "src_emb");
   const Comparator cmp = plan.cmp;
@@ -348,8 +426,15 @@ chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
 
   const int64_t Us = su.size(1), Ud = du.size(1);
   // Every row of src_grad / dst_grad is written by the kernels; op_param_grad is accumulated.
-  auto src_grad = at::empty({B + C * Us, D}, src_emb.options());
-  auto dst_grad = at::empty({B + C * Ud, D}, src_emb.options());
+  // Under 'all' a side's rows after the positives' are its table's.
+  auto src_grad = at::empty(
+      {B + (src_mode == NegMode::All ? src_emb.size(0) : C * Us), D}, src_emb.options());
+  auto dst_grad = at::empty(
+      {B + (dst_mode == NegMode::All ? dst_emb.size(0) : C * Ud), D}, src_emb.options());
+  if (B == 0) {  // nothing is launched; under 'all' the table rows' gradient is zero
+    src_grad.zero_();
+    dst_grad.zero_();
+  }
   auto param_grad = at::zeros({R, K}, src_emb.options());
   auto edge_loss = at::empty({B}, src_emb.options().dtype(at::kDouble));
   auto edge_violators = at::empty({B, 2}, src_emb.options().dtype(at::kLong));
@@ -365,6 +450,8 @@ chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
     args.src_stride = src_emb.stride(0);
     args.dst_emb = dst_emb.data_ptr<T>();
     args.dst_stride = dst_emb.stride(0);
+    args.src_rows = src_emb.size(0);
+    args.dst_rows = dst_emb.size(0);
     args.op_params = params.data_ptr<T>();
     args.num_params = K;
     args.dim = D;
@@ -389,6 +476,8 @@ chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
     args.loss = loss;
     args.margin = static_cast<T>(margin);
     args.reg_coef = static_cast<T>(reg_coef);
+    args.precision = plan.precision;
+    args.gemm = gemm_runner<T>();
     args.src_grad = src_grad.data_ptr<T>();
     args.dst_grad = dst_grad.data_ptr<T>();
     args.op_param_grad = param_grad.data_ptr<T>();
@@ -422,7 +511,6 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
   constexpr const char* kOp = "train_bucket_";
   const auto t0 = std::chrono::steady_clock::now();
   const TrainBucketPlan plan = check_train_bucket(PBG_TRAIN_BUCKET_ARGS, kDevice);
-  TORCH_CHECK_VALUE(!all_negs, kOp, ": all_negs is not supported on CUDA yet");
   for (auto [t, name] : {std::pair{&lhs_emb, "lhs_emb"}, {&rhs_emb, "rhs_emb"},
                          {&rhs_op_params, "rhs_op_params"}, {&lhs_global, "lhs_global"}})
     check_device(*t, lhs_emb, kOp, name, "lhs_emb");
@@ -452,6 +540,13 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
   // Global-embedding gradients [direction][lhs, rhs][D]: each chunk step overwrites its own
   // direction's two rows; the step sums over directions.
   auto g_glob = at::empty({dynamic ? 2 : 1, 2, plan.glob ? D : 0}, lhs_emb.options());
+  // all_negs: a table whose every row is some side's negative is "dense": every row is looked up
+  // (max_norm) and gets a gradient row, so every row steps (a zero gradient leaves it as is).
+  const bool lhs_all = lhs_mode == NegMode::All, rhs_all = rhs_mode == NegMode::All;
+  const at::Tensor lhs_rows = lhs_all || (same_table && rhs_all)
+                                  ? at::arange(lhs_emb.size(0), idx_opts) : at::Tensor();
+  const at::Tensor rhs_rows = rhs_all || (same_table && lhs_all)
+                                  ? at::arange(rhs_emb.size(0), idx_opts) : at::Tensor();
   const int64_t num_batches = (E + batch_size - 1) / batch_size;
   const uint64_t useed = static_cast<uint64_t>(seed);
   cudaStream_t stream = current_stream();
@@ -477,18 +572,19 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
       const at::Tensor relb = rel_b.narrow(0, 0, n), wb = w_b.narrow(0, 0, n);
       const at::Tensor lu = l_uni.narrow(0, 0, C * Ul), ru = r_uni.narrow(0, 0, C * Ur);
       if (max_norm > 0) {  // every row this batch looks up, each once
-        auto renorm = [&](at::Tensor& table, const at::Tensor& rows) {
-          const at::Tensor sorted = std::get<0>(rows.sort());
+        // A dense table (all_negs) is looked up whole.
+        auto renorm = [&](at::Tensor& table, const at::Tensor& rows, const at::Tensor& dense) {
+          const at::Tensor sorted = dense.defined() ? dense : std::get<0>(rows.sort());
           check_launch(cuda::renorm_sorted_rows<T>(table.data_ptr<T>(), D,
                                                    sorted.data_ptr<int64_t>(), sorted.numel(),
                                                    static_cast<T>(max_norm), stream),
                        kOp);
         };
         if (same_table) {
-          renorm(lhs_emb, at::cat({lb, lu, rb, ru}));
+          renorm(lhs_emb, at::cat({lb, lu, rb, ru}), lhs_rows);
         } else {
-          renorm(lhs_emb, at::cat({lb, lu}));
-          renorm(rhs_emb, at::cat({rb, ru}));
+          renorm(lhs_emb, at::cat({lb, lu}), lhs_rows);
+          renorm(rhs_emb, at::cat({rb, ru}), rhs_rows);
         }
       }
       g_rhs_op.zero_();
@@ -510,13 +606,18 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
         const at::Tensor& s_emb = rev ? rhs_emb : lhs_emb;
         const at::Tensor& d_emb = rev ? lhs_emb : rhs_emb;
         const at::Tensor& params = rev ? lhs_op_params : rhs_op_params;
-        auto src_grad = at::empty({n + C * Us, D}, lhs_emb.options());
-        auto dst_grad = at::empty({n + C * Ud, D}, lhs_emb.options());
+        // Under 'all' a side's rows after the positives' are its table's.
+        const at::Tensor& s_extra = smode == NegMode::All ? (rev ? rhs_rows : lhs_rows) : s_uni;
+        const at::Tensor& d_extra = dmode == NegMode::All ? (rev ? lhs_rows : rhs_rows) : d_uni;
+        auto src_grad = at::empty({n + s_extra.numel(), D}, lhs_emb.options());
+        auto dst_grad = at::empty({n + d_extra.numel(), D}, lhs_emb.options());
         cuda::ChunkStepArgs<T> args{};
         args.src_emb = s_emb.data_ptr<T>();
         args.src_stride = D;
         args.dst_emb = d_emb.data_ptr<T>();
         args.dst_stride = D;
+        args.src_rows = s_emb.size(0);
+        args.dst_rows = d_emb.size(0);
         args.op_params = params.data_ptr<T>();
         args.num_params = K;
         args.dim = D;
@@ -543,6 +644,8 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
         args.loss = plan.loss;
         args.margin = static_cast<T>(margin);
         args.reg_coef = static_cast<T>(reg_coef);
+        args.precision = plan.precision;
+        args.gemm = gemm_runner<T>();
         args.src_grad = src_grad.data_ptr<T>();
         args.dst_grad = dst_grad.data_ptr<T>();
         args.op_param_grad = (rev ? g_lhs_op : g_rhs_op).data_ptr<T>();
@@ -557,10 +660,10 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
         viol_sum[rev ? 0 : 1].add_(v[1]);
         const int s_tab = rev ? 1 : 0, d_tab = rev ? 0 : 1;
         rows[s_tab].push_back(s_idx);
-        rows[s_tab].push_back(s_uni);
+        rows[s_tab].push_back(s_extra);
         grads[s_tab].push_back(src_grad);
         rows[d_tab].push_back(d_idx);
-        rows[d_tab].push_back(d_uni);
+        rows[d_tab].push_back(d_extra);
         grads[d_tab].push_back(dst_grad);
       }
       // Row Adagrad: one step per distinct row of each table, from the sum of its rows.

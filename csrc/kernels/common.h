@@ -42,6 +42,11 @@ enum class Loss : int { Ranking = 0, Logistic = 1, Softmax = 2 };
 //   All:          every row of the side's table (PBG's all_negs), the positive's own row masked.
 enum class NegMode : int { Skip = 0, Uniform = 1, BatchUniform = 2, All = 3 };
 
+// Inputs of the chunk step's score and gradient products (accumulation is always in the tables'
+// dtype): FP32 as stored; TF32 (tensor cores, 10-bit mantissa inputs) or BF16 (inputs rounded to
+// bfloat16) on CUDA with float32 tables only. The CPU kernels compute in FP32.
+enum class Precision : int { FP32 = 0, TF32 = 1, BF16 = 2 };
+
 // PBG replaces masked negative scores with this value before the loss; every loss then gives
 // them zero loss and zero gradient.
 constexpr double kMaskedScore = -1e9;

@@ -489,7 +489,7 @@ class Trainer:
                 c.batch_size, c.num_batch_negs, c.num_uniform_negs, c.disable_lhs_negs,
                 c.disable_rhs_negs, c.dynamic_relations, c.comparator, r.operator, c.loss_fn,
                 c.margin, r.weight, c.lr, relation_lr, self.workers, seed,
-                c.regularization_coef, r.all_negs, c.max_norm or 0.0)
+                c.regularization_coef, r.all_negs, c.max_norm or 0.0, c.matmul_precision)
             s = stats.tolist()
             out["loss"] += s[0]
             out["violators_lhs"] += int(s[1])

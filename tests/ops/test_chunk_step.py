@@ -64,18 +64,25 @@ def exact_ties(case, src_mode, dst_mode):
     return torch.tensor(ties)
 
 
-def check(case, src_mode, dst_mode, comparator, operator, loss, dtype, margin=0.2, reg=0.0):
+def check(case, src_mode, dst_mode, comparator, operator, loss, dtype, margin=0.2, reg=0.0,
+          device="cpu", precision="fp32", tol=None):
+    """The op (on `device`, with `precision` products) against the reference on the CPU."""
     args = [case[k] for k in ARGS]
-    out = ops.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin, reg)
+    on_dev = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+    out = ops.chunk_step(*on_dev, src_mode, dst_mode, comparator, operator, loss, margin, reg,
+                         precision=precision)
+    out = [o.cpu() for o in out]
     exp = ref.chunk_step(*args, src_mode, dst_mode, comparator, operator, loss, margin, reg)
     names = ["loss", "src_grad", "dst_grad", "op_param_grad", "src_global_grad",
              "dst_global_grad", "violators"]
     for name, o, e in zip(names, out, exp):
         assert o.shape == e.shape, name
         if name == "violators":
-            assert ((o - e).abs() <= exact_ties(case, src_mode, dst_mode)).all(), (o, e)
+            if precision == "fp32":  # reduced precision moves near-ties across the positive
+                assert ((o - e).abs() <= exact_ties(case, src_mode, dst_mode)).all(), (o, e)
         else:
-            torch.testing.assert_close(o, e, **tolerances(dtype), msg=lambda m: f"{name}: {m}")
+            t = tol(e) if tol else tolerances(dtype)
+            torch.testing.assert_close(o, e, **t, msg=lambda m: f"{name}: {m}")
     return out
 
 
@@ -215,6 +222,14 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"src_global must be \[6\]"):
         call(src_global=torch.zeros(5))
 
+    for precision in ("tf32", "bf16"):  # reduced-precision products are a CUDA feature
+        with pytest.raises(ValueError, match=f"precision '{precision}' runs on CUDA only"):
+            ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
+                           "diagonal", "softmax", 0.1, precision=precision)
+    with pytest.raises(ValueError, match="precision: unknown 'fp16'"):
+        ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
+                       "diagonal", "softmax", 0.1, precision="fp16")
+
 
 # 'all' (PBG's all_negs): every row of the side's table is a negative. (b, chunk, d, src, dst)
 ALL_CASES = [
@@ -255,3 +270,60 @@ def test_all_negatives_refuses_operator_on_dst_and_uniform_rows():
     args = [case[k] for k in ARGS]
     with pytest.raises(ValueError, match="src_uniform must be empty when src_mode is 'all'"):
         ops.chunk_step(*args, "all", "all", "dot", "none", "softmax")
+
+
+# ---- on each device (the CUDA cases skip without a GPU) ---------------------------------------
+
+
+def device_tol(dtype):
+    """CUDA sums a parameter's gradient over the whole batch in another order than the CPU's
+    per-chunk sums: float32 allows 5e-5 there (float64 keeps the project's tolerance)."""
+    return lambda e: dict(rtol=5e-5, atol=5e-5) if dtype == torch.float32 else tolerances(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("operator", OPERATORS)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+def test_device_every_comparator_operator_loss(device, comparator, operator, loss, dtype):
+    case = make_case(23, 5, 4, 3, 6, operator, dtype, rels=3)
+    check(case, "batch_uniform", "batch_uniform", comparator, operator, loss, dtype,
+          device=device, tol=device_tol(dtype))
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 5, 2, 2, 4, "batch_uniform", "batch_uniform"), (12, 4, 5, 5, 2, "uniform", "uniform"),
+    (12, 4, 3, 0, 4, "batch_uniform", "skip"), (0, 4, 3, 3, 4, "batch_uniform", "batch_uniform"),
+    (7, 50, 3, 3, 4, "batch_uniform", "batch_uniform")])
+@pytest.mark.parametrize("comparator", COMPARATORS)
+def test_device_shapes_and_modes(device, shape, comparator):
+    b, chunk, us, ud, d, sm, dm = shape
+    case = make_case(b, chunk, us, ud, d, "translation", torch.float64, dynamic=dm == "skip",
+                     rels=2)
+    check(case, sm, dm, comparator, "translation", "softmax", torch.float64, device=device,
+          reg=0.05 if dm == "skip" else 0.0)
+
+
+@pytest.mark.parametrize("comparator", COMPARATORS)
+@pytest.mark.parametrize("case_", ALL_CASES, ids=[f"{c[0]}x{c[1]}-{c[3]}-{c[4]}" for c in ALL_CASES])
+def test_device_all_negatives(device, case_, comparator):
+    b, chunk, d, sm, dm = case_
+    operator = "none" if dm == "all" else "complex_diagonal"
+    us, ud = (0 if m in ("all", "skip") else 3 for m in (sm, dm))
+    case = make_case(b, chunk, us, ud, d, operator, torch.float32, rels=2, dynamic=dm == "skip",
+                     n_src=17, n_dst=13)
+    check(case, sm, dm, comparator, operator, "logistic", torch.float32, device=device,
+          tol=device_tol(torch.float32))
+
+
+@pytest.mark.parametrize("precision,unit", [("tf32", 2.0 ** -11), ("bf16", 2.0 ** -8)])
+@pytest.mark.parametrize("comparator", COMPARATORS)
+def test_device_reduced_precision_products(device, comparator, precision, unit):
+    """TF32 / BF16 inputs, fp32 accumulation (CUDA only; the CPU refuses them by name): within a
+    few units of the inputs' rounding of the reference, relative to each output's scale."""
+    if device.type != "cuda":
+        pytest.skip("reduced-precision products are a CUDA feature")
+    case = make_case(64, 16, 16, 16, 32, "diagonal", torch.float32, rels=2)
+    check(case, "batch_uniform", "batch_uniform", comparator, "diagonal", "softmax",
+          torch.float32, device=device, precision=precision,
+          tol=lambda e: dict(rtol=8 * unit, atol=8 * unit * max(e.abs().max().item(), 1e-6)))

@@ -21,7 +21,7 @@ import pbg_fast
 from pbg_fast import ops
 from tests.conftest import tolerances
 from tests.ops import test_train_bucket_reference as bucket
-from tests.ops.test_chunk_step import ARGS, exact_ties, make_case
+from tests.ops.test_chunk_step import ALL_CASES, ARGS, exact_ties, make_case
 from tools.cuda_toolkit import toolkit_home
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,12 +208,77 @@ def test_chunk_step_n3(emu, operator, dynamic):
                      operator, "softmax", torch.float64, reg=0.05)
 
 
-def test_chunk_step_refuses_what_cuda_lacks_by_name(emu):
-    case = make_case(6, 3, 0, 0, 4, "none", torch.float64)
-    with pytest.raises(ValueError, match="not supported on CUDA yet"):
-        emu.chunk_step(*[case[k] for k in ARGS], "all", "all", "dot", "none", "softmax", 0.2, 0.0)
-    assert math.isfinite(ops.chunk_step(*[case[k] for k in ARGS], "all", "all", "dot", "none",
-                                        "softmax", 0.2, 0.0)[0].item())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("comparator", COMPARATORS)
+@pytest.mark.parametrize("case_", ALL_CASES, ids=[f"{c[0]}x{c[1]}-{c[3]}-{c[4]}" for c in ALL_CASES])
+def test_chunk_step_all_negatives(emu, case_, comparator, loss, dtype):
+    """'all' (all_negs): every table row as every chunk's negative, the edge's own row masked;
+    the side's rows after the positives' are the table's."""
+    b, chunk, d, sm, dm = case_
+    operator = "none" if dm == "all" else "complex_diagonal"
+    us, ud = (0 if m in ("all", "skip") else 3 for m in (sm, dm))
+    case = make_case(b, chunk, us, ud, d, operator, dtype, rels=2, dynamic=dm == "skip",
+                     n_src=17, n_dst=13)
+    check_chunk_step(emu, case, sm, dm, comparator, operator, loss, dtype,
+                     reg=0.05 if dm == "skip" else 0.0)
+
+
+def reduced_precision_tol(exp, precision):
+    """Inputs rounded to bfloat16 (8-bit mantissa) or TF32 (11 bits) and accumulated in
+    float32: a relative error of a few units of the inputs' rounding, scaled by the output's
+    magnitude (a gradient element sums many products)."""
+    unit = {"bf16": 2.0 ** -8, "tf32": 2.0 ** -11}[precision]
+    return dict(rtol=8 * unit, atol=8 * unit * max(exp.abs().max().item(), 1e-6))
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("comparator", COMPARATORS)
+@pytest.mark.parametrize("shape", [(23, 5, 4, 3, 6, "batch_uniform", "batch_uniform"),
+                                   (12, 4, 5, 5, 3, "uniform", "uniform"),
+                                   (12, 4, 3, 0, 4, "batch_uniform", "skip")])
+def test_chunk_step_reduced_precision_products(emu, shape, comparator, precision):
+    """The products' inputs in TF32 or BF16: close to the fp32 CPU kernel within that
+    precision, and not equal to the emulated fp32 run (the inputs really were rounded)."""
+    b, chunk, us, ud, d, sm, dm = shape
+    case = make_case(b, chunk, us, ud, d, "diagonal", torch.float32, rels=3)
+    args = [case[k] for k in ARGS]
+    mode = (sm, dm, comparator, "diagonal", "softmax", 0.2, 0.0)
+    got = emu.chunk_step(*args, *mode, precision)
+    fp32 = emu.chunk_step(*args, *mode, "fp32")
+    exp = ops.chunk_step(*args, *mode)
+    for name, o, e in zip(["loss", "src_grad", "dst_grad", "op_param_grad"], got[:4], exp[:4]):
+        torch.testing.assert_close(o, e, **reduced_precision_tol(e, precision),
+                                   msg=lambda m: f"{name}: {m}")
+    assert not torch.equal(got[1], fp32[1]), "the reduced precision changed nothing"
+
+
+def test_precision_is_checked_by_name(emu):
+    case = make_case(6, 3, 2, 2, 4, "none", torch.float64)
+    args = [case[k] for k in ARGS]
+    mode = ("batch_uniform", "batch_uniform", "dot", "none", "softmax", 0.2, 0.0)
+    with pytest.raises(ValueError, match="precision: unknown 'fp16'"):
+        emu.chunk_step(*args, *mode, "fp16")
+    with pytest.raises(ValueError, match="precision 'bf16' needs float32 tables"):
+        emu.chunk_step(*args, *mode, "bf16")
+
+
+def test_train_bucket_bf16_products(emu):
+    """train_bucket_ hands its precision to the chunk step: a bf16 bucket trains like the fp32
+    one (same stats within bf16's error) without being it."""
+    tensors, edges = bucket.make_case(17, 17, 6, 72, 3, "diagonal", False, True, False, False, 3)
+    tensors = {k: v.float() for k, v in tensors.items()}
+    stats, tables = {}, {}
+    for precision in ("fp32", "bf16"):
+        t = bucket.clone_tables(tensors)
+        stats[precision] = emu.train_bucket_(
+            *[t[k] for k in bucket.ORDER], edges["lhs"], edges["rhs"], edges["rel"], None, 23, 5,
+            4, False, False, False, "cos", "diagonal", "softmax", 0.2, 1.0, 0.1, 0.05, 1, 11, 0.0,
+            False, 0.0, precision)
+        tables[precision] = t["lhs_emb"]
+    torch.testing.assert_close(stats["bf16"][0], stats["fp32"][0], rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(tables["bf16"], tables["fp32"], rtol=0, atol=2e-2)
+    assert not torch.equal(tables["bf16"], tables["fp32"])
 
 
 # ---- the whole bucket: against the Python bucket reference, batch for batch ----------------
@@ -237,10 +302,39 @@ def test_train_bucket_options(emu, case, comparator, loss):
     bucket.check_options(case, comparator, loss, op=emu.train_bucket_)
 
 
-def test_train_bucket_refuses_all_negs_by_name(emu):
-    tensors, edges = bucket.make_case(9, 9, 4, 10, 1, "none", False, False, False, True, 1)
-    t = bucket.clone_tables(tensors)
-    with pytest.raises(ValueError, match="all_negs is not supported on CUDA yet"):
-        emu.train_bucket_(*[t[k] for k in bucket.ORDER], edges["lhs"], edges["rhs"], edges["rel"],
-                          None, 5, 5, 5, False, False, False, "dot", "none", "softmax", 0.1, 1.0,
-                          0.1, 0.1, 1, 0, 0.0, True)
+ALL_NEGS_CASES = [  # (operator, dynamic, same table, max_norm, disable_rhs_negs)
+    ("none", False, False, 0.0, False),
+    ("none", False, True, 0.0, False),
+    ("diagonal", True, False, 0.0, False),
+    ("translation", True, True, 0.9, False),
+    ("diagonal", False, False, 0.9, True),
+]
+
+
+@pytest.mark.parametrize("comparator,loss", [("dot", "softmax"), ("cos", "ranking"),
+                                             ("l2", "logistic")])
+@pytest.mark.parametrize("case_", ALL_NEGS_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_train_bucket_all_negs(emu, case_, comparator, loss):
+    """all_negs on the CUDA path against the CPU op (itself checked against a Python loop in
+    tests/ops/test_train_bucket.py), one worker, float64: every table row is every edge's
+    negative, and every row of a dense table steps."""
+    operator, dynamic, same, max_norm, no_rhs = case_
+    tensors, edges = bucket.make_case(11, 11 if same else 9, 4, 40, 3 if dynamic else 1,
+                                      operator, dynamic, True, True, same, 5)
+    out = {}
+    for name, op in (("emu", emu.train_bucket_), ("cpu", torch.ops.pbg_fast.train_bucket_)):
+        t = bucket.clone_tables(tensors)
+        stats = op(*[t[k] for k in bucket.ORDER], edges["lhs"], edges["rhs"], edges["rel"],
+                   edges["weight"], 16, 5, 0, False, no_rhs, dynamic, comparator, operator, loss,
+                   0.2, 1.0, 0.1, 0.05, 1, 3, 0.0, True, max_norm)
+        out[name] = (t, stats)
+    (got, s_got), (exp, s_exp) = out["emu"], out["cpu"]
+    # l2 on a shared table scores a dst row against itself as a src negative: distance ~0, where
+    # the gradient (x - y) / |x - y| is ill-conditioned and the two backends' different
+    # summation orders differ by more than float64's rounding.
+    tol = dict(rtol=1e-6, atol=1e-9) if comparator == "l2" and same else dict(rtol=1e-9,
+                                                                              atol=1e-11)
+    for k in bucket.ORDER:
+        torch.testing.assert_close(got[k], exp[k], **tol, msg=lambda m: f"{k}: {m}")
+    torch.testing.assert_close(s_got[:4], s_exp[:4], rtol=1e-9, atol=1e-9)
+    assert not torch.equal(got["lhs_emb"], tensors["lhs_emb"])

@@ -145,3 +145,14 @@ def test_max_norm_renormalises_every_looked_up_row_in_place():
     assert torch.equal(emb[short], before[short])
     cos = torch.nn.functional.cosine_similarity(emb, before, dim=1)
     assert (cos > 1 - 1e-6).all()
+
+
+def test_reduced_precision_is_refused_on_the_cpu():
+    emb, state, lhs, rhs, _, (p, _) = setup(10, 4, 6, "diagonal", 1, torch.float32)
+    z = torch.zeros(0)
+    with pytest.raises(ValueError, match="train_bucket_: precision 'bf16' runs on CUDA only"):
+        torch.ops.pbg_fast.train_bucket_(
+            emb, state, emb, state, p, torch.zeros_like(p), torch.zeros(0, 4), torch.zeros(0, 4),
+            z, z.clone(), z.clone(), z.clone(), lhs, rhs, torch.zeros(0, dtype=torch.long), None,
+            10, 5, 0, False, False, False, "dot", "diagonal", "softmax", 0.1, 1.0, 0.1, 0.1, 1, 0,
+            0.0, False, 0.0, "bf16")
