@@ -110,15 +110,20 @@ def test_all_negs_static_relation_with_global_embedding_matches_reference(max_no
     torch.testing.assert_close(got_glob, exp_glob, rtol=1e-9, atol=1e-12)
 
 
-def test_all_negs_static_relation_refuses_an_operator():
+def train_diagonal_bucket(all_negs, precision="fp32"):
+    """A small static-relation bucket with the diagonal operator (for the refusals below)."""
     emb, state, lhs, rhs, _, (p, _) = setup(10, 4, 6, "diagonal", 1, torch.float32)
     z = torch.zeros(0)
+    return torch.ops.pbg_fast.train_bucket_(
+        emb, state, emb, state, p, torch.zeros_like(p), torch.zeros(0, 4), torch.zeros(0, 4),
+        z, z.clone(), z.clone(), z.clone(), lhs, rhs, torch.zeros(0, dtype=torch.long), None,
+        10, 5, 0, False, False, False, "dot", "diagonal", "softmax", 0.1, 1.0, 0.1, 0.1, 1, 0,
+        0.0, all_negs, 0.0, precision)
+
+
+def test_all_negs_static_relation_refuses_an_operator():
     with pytest.raises(ValueError, match="all_negs with static relations needs operator 'none'"):
-        torch.ops.pbg_fast.train_bucket_(
-            emb, state, emb, state, p, torch.zeros_like(p), torch.zeros(0, 4), torch.zeros(0, 4),
-            z, z.clone(), z.clone(), z.clone(), lhs, rhs, torch.zeros(0, dtype=torch.long), None,
-            10, 5, 0, False, False, False, "dot", "diagonal", "softmax", 0.1, 1.0, 0.1, 0.1, 1, 0,
-            0.0, True)
+        train_diagonal_bucket(all_negs=True)
 
 
 def test_max_norm_renormalises_every_looked_up_row_in_place():
@@ -148,11 +153,5 @@ def test_max_norm_renormalises_every_looked_up_row_in_place():
 
 
 def test_reduced_precision_is_refused_on_the_cpu():
-    emb, state, lhs, rhs, _, (p, _) = setup(10, 4, 6, "diagonal", 1, torch.float32)
-    z = torch.zeros(0)
     with pytest.raises(ValueError, match="train_bucket_: precision 'bf16' runs on CUDA only"):
-        torch.ops.pbg_fast.train_bucket_(
-            emb, state, emb, state, p, torch.zeros_like(p), torch.zeros(0, 4), torch.zeros(0, 4),
-            z, z.clone(), z.clone(), z.clone(), lhs, rhs, torch.zeros(0, dtype=torch.long), None,
-            10, 5, 0, False, False, False, "dot", "diagonal", "softmax", 0.1, 1.0, 0.1, 0.1, 1, 0,
-            0.0, False, 0.0, "bf16")
+        train_diagonal_bucket(all_negs=False, precision="bf16")
