@@ -100,7 +100,7 @@ for line in open(sys.argv[1]):
               f"per device copy")
     if r.get("what") == "train_device_precision":
         print(f"bench {r['precision']} products: {r['edges_per_s'] / 1e6:.2f}M edges/s "
-              f"({r['speedup_vs_fp32']:.2f}x fp32), loss/edge {r['loss_per_edge']:.4f}")
+              f"({r['speedup_vs_first']:.2f}x {r['first']}), loss/edge {r['loss_per_edge']:.4f}")
     if r.get("what") == "train_device" and "edges_per_s" in r:
         print(f"bench: {r['edges'] / 1e6:g}M edges, {r['nodes'] / 1e6:g}M nodes: "
               f"{r['edges_per_s'] / 1e6:.2f}M edges/s, plain PyTorch "

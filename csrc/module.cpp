@@ -43,7 +43,7 @@ PyObject* native_build_info(PyObject*, PyObject*) {
 #else
   const bool cuda = false;
 #endif
-  return Py_BuildValue("{s:s,s:s,s:s,s:O,s:s,s:s,s:s,s:O,s:O}", "cpu_isa", cpu_isa(),
+  return Py_BuildValue("{s:s,s:s,s:s,s:O,s:s,s:s,s:s,s:O,s:O,s:O}", "cpu_isa", cpu_isa(),
                        "compiled_isa", compiled_isa(), "isa_level",
                        pbg::cpu::gemm_isa_name(pbg::cpu::isa_level()), "isa_versions",
 #ifdef PBG_ISA_VERSIONS
@@ -55,7 +55,8 @@ PyObject* native_build_info(PyObject*, PyObject*) {
                        pbg::cpu::gemm_isa_name(pbg::cpu::gemm_isa()), "gemm_isa_best",
                        pbg::cpu::gemm_isa_name(pbg::cpu::best_gemm_isa()), "blas",
                        pbg::cpu::blas_name(), "openmp", openmp ? Py_True : Py_False, "cuda",
-                       cuda ? Py_True : Py_False);
+                       cuda ? Py_True : Py_False, "bf16_gemm",
+                       pbg::cpu::have_bf16_gemm() ? Py_True : Py_False);
 }
 
 PyMethodDef methods[] = {

@@ -146,9 +146,9 @@ class ConfigSchema:
                                                  default=16)
     half_precision: bool = _help("Half-precision training (GPU only).", default=False)
     matmul_precision: str = _help(
-        "Inputs of the GPU trainer's score and gradient products: fp32 (default), tf32 (tensor "
-        "cores, 10-bit mantissa) or bf16 (inputs rounded to bfloat16); accumulated in float32 "
-        "either way. The CPU computes in fp32 only.", default="fp32")
+        "Inputs of the bucket op's score and gradient products: fp32 (default), tf32 (GPU "
+        "only: tensor cores, 10-bit mantissa) or bf16 (inputs rounded to bfloat16; on the GPU, "
+        "or on a CPU with AVX512-BF16); accumulated in float32 either way.", default="fp32")
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -402,9 +402,9 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     if c.matmul_precision not in ("fp32", "tf32", "bf16"):
         raise ConfigError(f"matmul_precision: one of fp32, tf32, bf16, got "
                           f"{c.matmul_precision!r}")
-    if c.matmul_precision != "fp32" and not c.num_gpus:
-        raise ConfigError(f"matmul_precision: {c.matmul_precision!r} is for the GPU trainer "
-                          f"(num_gpus: 1); the CPU computes in fp32")
+    if c.matmul_precision == "tf32" and not c.num_gpus:
+        raise ConfigError("matmul_precision: 'tf32' is for the GPU trainer (num_gpus: 1): a "
+                          "tensor-core format; on the CPU use 'fp32' or 'bf16'")
     # Keys pbg_fast accepts at PBG's defaults but cannot honour at other values yet.
     not_yet = {
         "bias": (c.bias, False, "the bias dimension"),

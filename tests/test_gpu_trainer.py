@@ -51,8 +51,8 @@ def test_num_gpus_is_checked(tmp_path):
         parse_config(dict(raw, num_gpus=1, num_machines=2))
     with pytest.raises(ConfigError, match="matmul_precision: one of fp32, tf32, bf16"):
         parse_config(dict(raw, num_gpus=1, matmul_precision="fp16"))
-    with pytest.raises(ConfigError, match="matmul_precision: 'bf16' is for the GPU trainer"):
-        parse_config(dict(raw, matmul_precision="bf16"))
+    with pytest.raises(ConfigError, match="matmul_precision: 'tf32' is for the GPU trainer"):
+        parse_config(dict(raw, matmul_precision="tf32"))
     assert parse_config(dict(raw, num_gpus=1, matmul_precision="tf32")).matmul_precision == "tf32"
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="num_gpus: 1, but torch sees no CUDA device"):

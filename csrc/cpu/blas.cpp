@@ -27,6 +27,10 @@ void gemm_avx2(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
                int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
                float* work);
 float fma_peak_avx2(int64_t iters);
+// gemm_avx512_bf16.cpp: work_a holds m * ceil(k/2) words, work_b ceil(k/2) * 32.
+void gemm_avx512_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                      float* c, int64_t ldc, uint32_t* work_a, uint32_t* work_b);
 float fma_peak_avx512(int64_t iters);
 void gemm_avx512(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                  int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
@@ -102,6 +106,39 @@ double fma_peak_loop(GemmIsa isa, int64_t iters) {
   return 0.0;
 }
 GemmIsa gemm_isa() { return g_chosen; }
+
+namespace {
+bool detect_bf16() {
+#ifdef PBG_HAVE_OWN_GEMM
+  return g_level == GemmIsa::Avx512 && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+const bool g_bf16 = detect_bf16();
+thread_local bool t_bf16_products = false;
+}  // namespace
+
+bool have_bf16_gemm() { return g_bf16; }
+
+Bf16ProductsScope::Bf16ProductsScope(bool bf16) : saved_(t_bf16_products) {
+  t_bf16_products = bf16;
+}
+Bf16ProductsScope::~Bf16ProductsScope() { t_bf16_products = saved_; }
+
+void gemm_bf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (!g_bf16) std::abort();  // callers check have_bf16_gemm() first
+#ifdef PBG_HAVE_OWN_GEMM
+  thread_local std::vector<uint32_t> work_a, work_b;
+  const size_t kp = static_cast<size_t>(std::max<int64_t>(k, 0) + 1) / 2;
+  if (work_a.size() < kp * static_cast<size_t>(std::max<int64_t>(m, 0)))
+    work_a.resize(kp * static_cast<size_t>(m));
+  if (work_b.size() < kp * 32) work_b.resize(kp * 32);
+  gemm_avx512_bf16(ta == Trans::T, tb == Trans::T, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                   work_a.data(), work_b.data());
+#endif
+}
 GemmIsa isa_level() { return g_level; }
 
 bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
@@ -200,6 +237,7 @@ void gemm_with(GemmIsa isa, Trans ta, Trans tb, int64_t m, int64_t n, int64_t k,
 
 void gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (t_bf16_products) return gemm_bf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   gemm_with(g_chosen, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 

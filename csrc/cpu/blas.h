@@ -36,6 +36,27 @@ void gemm_with(GemmIsa isa, Trans ta, Trans tb, int64_t m, int64_t n, int64_t k,
                const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                int64_t ldc);
 
+// bf16 products (the chunk step's precision 'bf16' on the CPU): inputs rounded to bfloat16,
+// fp32 accumulation, on AVX-512 BF16 (gemm_avx512_bf16.cpp). Available where the CPU has
+// AVX512-BF16 and the ISA level is avx512 (PBG_FAST_ISA=avx2 or blas turns it off).
+bool have_bf16_gemm();
+// Requires have_bf16_gemm() (aborts otherwise: callers check it with the op's arguments).
+void gemm_bf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+               int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+// While one is alive in a thread, that thread's fp32 gemm() runs gemm_bf16 (or, with bf16 ==
+// false, fp32 again): the chunk step sets it around its score and gradient products under
+// precision 'bf16' and clears it around the operators' products. Scopes nest.
+class Bf16ProductsScope {
+ public:
+  explicit Bf16ProductsScope(bool bf16);
+  ~Bf16ProductsScope();
+  Bf16ProductsScope(const Bf16ProductsScope&) = delete;
+  Bf16ProductsScope& operator=(const Bf16ProductsScope&) = delete;
+
+ private:
+  bool saved_;
+};
+
 // True when an optimised BLAS (sgemm_/dgemm_) was found at load time.
 bool have_blas();
 // Name of the GEMM provider, for build_info().

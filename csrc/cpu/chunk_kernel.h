@@ -103,6 +103,7 @@ __attribute__((always_inline)) inline ChunkStats run_chunk_body(
     if ((O == Operator::Linear || O == Operator::Affine) && one_rel) {
       // DN = DNraw M^T (+ t): one GEMM for the whole chunk.
       const T* M = tb.op_params + rel_of(0) * K;
+      const Bf16ProductsScope fp32(false);  // the operators' products stay fp32
       gemm(Trans::N, Trans::T, RD, D, D, T(1), DNraw, D, M, D, T(0), DN, D);
       if (O == Operator::Affine)
         for (int64_t r = 0; r < RD; ++r) axpy_row(T(1), M + D * D, DN + r * D, D);
@@ -228,6 +229,7 @@ __attribute__((always_inline)) inline ChunkStats run_chunk_body(
     const T* M = tb.op_params + rel0 * K;
     T* gM = out.op_params + rel0 * K;
     // dL/dDNraw = gDN M ; dL/dM += gDN^T DNraw ; dL/dt += colsum(gDN).
+    const Bf16ProductsScope fp32(false);  // the operators' products stay fp32
     gemm(Trans::N, Trans::N, P, D, D, T(1), gDN, D, M, D, T(0), out.dst_pos, D);
     if (Ud > 0) gemm(Trans::N, Trans::N, Ud, D, D, T(1), gDN + P * D, D, M, D, T(0), out.dst_uni, D);
     gemm(Trans::T, Trans::N, D, D, RD, T(1), gDN, D, DNraw, D, T(1), gM, D);

@@ -21,10 +21,21 @@
 namespace pbg {
 namespace cpu {
 
+void check_cpu_precision(Precision p, const char* op) {
+  TORCH_CHECK_VALUE(p != Precision::TF32, op,
+                    ": precision 'tf32' runs on CUDA only (tensor cores); use 'fp32', or 'bf16' "
+                    "on a CPU with AVX512-BF16");
+  TORCH_CHECK_VALUE(p != Precision::BF16 || cpu::have_bf16_gemm(), op,
+                    ": precision 'bf16' needs a CPU with AVX512-BF16 (this one, or "
+                    "PBG_FAST_ISA, runs ", cpu::gemm_isa_name(cpu::isa_level()),
+                    " without it); use 'fp32'");
+}
+
 template <typename T>
 ChunkStats chunk_step_one(Comparator cmp, Operator op, Loss loss, const ChunkTables<T>& tables,
                           const ChunkConfig<T>& cfg, const ChunkInput& in, const T* weight,
                           const ChunkGrads<T>& out, ChunkWorkspace<T>& ws) {
+  const Bf16ProductsScope products(cfg.bf16_products);
   return dispatch_comparator(cmp, [&](auto c) {
     return chunk_step_cmp<decltype(c)::value, T>(op, loss, tables, cfg, in, weight, out, ws);
   });
@@ -90,7 +101,7 @@ constexpr const char* kOp = "chunk_step";
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 chunk_step_cpu(PBG_CHUNK_STEP_PARAMS) {
   const ChunkStepPlan plan = check_chunk_step(PBG_CHUNK_STEP_ARGS, c10::DeviceType::CPU);
-  check_cpu_precision(plan.precision, "chunk_step");
+  cpu::check_cpu_precision(plan.precision, "chunk_step");
   const Comparator cmp = plan.cmp;
   const Operator op = plan.op;
   const Loss loss = plan.loss;
@@ -122,7 +133,7 @@ chunk_step_cpu(PBG_CHUNK_STEP_PARAMS) {
                                sglob.defined() ? sglob.data_ptr<T>() : nullptr,
                                dglob.defined() ? dglob.data_ptr<T>() : nullptr};
     cpu::ChunkConfig<T> cfg{src_mode, dst_mode, chunk_size, static_cast<T>(margin),
-                            static_cast<T>(reg_coef)};
+                            static_cast<T>(reg_coef), plan.precision == Precision::BF16};
     std::vector<T> s_buf, s_aux, d_buf, d_aux;
     if (src_all) {
       tables.src_all = cpu::prepare_all_table<T>(cmp, tables.src_emb, tables.src_stride, Ns_all,

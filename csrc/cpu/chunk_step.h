@@ -33,6 +33,10 @@ struct ChunkTables {
   int64_t n_dst_all = 0;
 };
 
+// Raises unless the CPU kernels run `p`: fp32 always; bf16 where have_bf16_gemm() (blas.h);
+// tf32 never (a tensor-core format). Every message names `op`.
+void check_cpu_precision(Precision p, const char* op);
+
 template <typename T>
 struct ChunkConfig {
   NegMode src_mode;
@@ -41,6 +45,9 @@ struct ChunkConfig {
   T margin;
   // N3 regularisation of the positives' rows (as stored) and their relation's parameters.
   T reg_coef = 0;
+  // precision 'bf16': the score and gradient products on bfloat16 inputs (blas.h: gemm_bf16;
+  // the operators' products stay fp32). The caller checked have_bf16_gemm().
+  bool bf16_products = false;
 };
 
 // One chunk: P positives and the U uniform negatives of each side.

@@ -57,12 +57,6 @@ Precision parse_precision(const std::string& name, const char* op, at::ScalarTyp
   return p;
 }
 
-void check_cpu_precision(Precision p, const char* op) {
-  TORCH_CHECK_VALUE(p == Precision::FP32, op, ": precision '",
-                    p == Precision::TF32 ? "tf32" : "bf16",
-                    "' runs on CUDA only (the CPU kernels compute in fp32); use 'fp32'");
-}
-
 void check_on(const at::Tensor& t, c10::DeviceType device, const char* op, const char* arg) {
   TORCH_CHECK(t.device().type() == device, op, ": ", arg, " must be a ",
               c10::DeviceTypeName(device), " tensor, got ", t.device());

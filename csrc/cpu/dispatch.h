@@ -17,9 +17,8 @@ Operator parse_operator(const std::string& name, const char* op);
 Loss parse_loss(const std::string& name, const char* op);
 NegMode parse_neg_mode(const std::string& name, const char* op, const char* arg);
 // `precision` of chunk_step / train_bucket_: fp32, tf32, bf16; tf32 and bf16 only with float32
-// tables (`dtype`). The CPU kernels take fp32 only: check_cpu_precision.
+// tables (`dtype`). What the CPU kernels run: cpu::check_cpu_precision (chunk_step.h).
 Precision parse_precision(const std::string& name, const char* op, at::ScalarType dtype);
-void check_cpu_precision(Precision p, const char* op);
 
 
 // Argument checks shared by the ops; every message names the op and the argument. The *_on

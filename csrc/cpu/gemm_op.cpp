@@ -29,15 +29,24 @@ void gemm_cpu(at::Tensor& c, const at::Tensor& a, const at::Tensor& b, bool tran
   check_rows(c, "c");
   check_rows(a, "a");
   check_rows(b, "b");
-  cpu::GemmIsa which;
-  TORCH_CHECK_VALUE(cpu::parse_gemm_isa(isa.c_str(), &which), kOp, ": isa: unknown '", isa,
-                    "'; expected one of blas, avx2, avx512");
+  cpu::GemmIsa which = cpu::GemmIsa::Blas;
+  const bool bf16 = isa == "avx512_bf16";  // bfloat16 inputs, fp32 accumulation
+  TORCH_CHECK_VALUE(bf16 || cpu::parse_gemm_isa(isa.c_str(), &which), kOp, ": isa: unknown '",
+                    isa, "'; expected one of blas, avx2, avx512, avx512_bf16");
+  TORCH_CHECK_VALUE(!bf16 || cpu::have_bf16_gemm(), kOp, ": isa 'avx512_bf16': this CPU (or "
+                    "PBG_FAST_ISA) does not run AVX512-BF16");
   const int64_t m = trans_a ? a.size(1) : a.size(0), k = trans_a ? a.size(0) : a.size(1);
   const int64_t k2 = trans_b ? b.size(1) : b.size(0), n = trans_b ? b.size(0) : b.size(1);
   TORCH_CHECK_VALUE(k == k2 && c.size(0) == m && c.size(1) == n, kOp, ": shapes: op(a) is ", m,
                     "x", k, ", op(b) ", k2, "x", n, ", c ", c.size(0), "x", c.size(1));
+  const cpu::Bf16ProductsScope scope(bf16);
   for (int64_t r = 0; r < reps; ++r)
-    cpu::gemm_with(which, trans_a ? cpu::Trans::T : cpu::Trans::N,
+    if (bf16)
+      cpu::gemm(trans_a ? cpu::Trans::T : cpu::Trans::N, trans_b ? cpu::Trans::T : cpu::Trans::N,
+                m, n, k, static_cast<float>(alpha), a.data_ptr<float>(), ld(a),
+                b.data_ptr<float>(), ld(b), static_cast<float>(beta), c.data_ptr<float>(), ld(c));
+    else
+      cpu::gemm_with(which, trans_a ? cpu::Trans::T : cpu::Trans::N,
                  trans_b ? cpu::Trans::T : cpu::Trans::N, m, n, k, static_cast<float>(alpha),
                  a.data_ptr<float>(), ld(a), b.data_ptr<float>(), ld(b),
                  static_cast<float>(beta), c.data_ptr<float>(), ld(c));

@@ -182,6 +182,7 @@ struct Shared {
   Loss loss;
   T margin, lr, relation_lr, relation_weight, reg_coef;
   T max_norm;  // > 0: PBG's max_norm (rows renormalised in place when looked up)
+  bool bf16_products;  // precision 'bf16' (ChunkConfig)
 };
 
 // PBG's max_norm (torch.embedding_renorm_, as F.embedding(max_norm=...) does on lookup): a row
@@ -368,7 +369,7 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       if (dmode == NegMode::All)
         set_all(reversed ? lhs_tab : rhs_tab, tables.dst_all, tables.dst_all_aux,
                 tables.n_dst_all, g_dst_all);
-      ChunkConfig<T> cfg{smode, dmode, cs, sh.margin, sh.reg_coef};
+      ChunkConfig<T> cfg{smode, dmode, cs, sh.margin, sh.reg_coef, sh.bf16_products};
       for (int64_t c = 0; c < C; ++c) {
         const int64_t b0 = c * cs, P = std::min(cs, n - b0);
         ChunkInput in{sidx + b0, didx + b0, rel_idx.data() + b0, P, suni + c * Us, Us,
@@ -429,7 +430,7 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
 at::Tensor train_bucket_cpu(PBG_TRAIN_BUCKET_PARAMS) {
   const auto t0 = std::chrono::steady_clock::now();
   const TrainBucketPlan plan = check_train_bucket(PBG_TRAIN_BUCKET_ARGS, c10::DeviceType::CPU);
-  check_cpu_precision(plan.precision, "train_bucket_");
+  cpu::check_cpu_precision(plan.precision, "train_bucket_");
   const Comparator cmp = plan.cmp;
   const Operator op = plan.op;
   const Loss loss = plan.loss;
@@ -475,7 +476,7 @@ at::Tensor train_bucket_cpu(PBG_TRAIN_BUCKET_PARAMS) {
                  disable_rhs_negs ? NegMode::Uniform : base, dynamic, cmp, op, loss,
                  static_cast<T>(margin), static_cast<T>(lr), static_cast<T>(relation_lr),
                  static_cast<T>(relation_weight), static_cast<T>(reg_coef),
-                 static_cast<T>(max_norm)};
+                 static_cast<T>(max_norm), plan.precision == Precision::BF16};
     std::atomic<int64_t> next_batch{0};
     std::vector<std::thread> threads;
     auto run = [&](int64_t w_id) {

@@ -162,6 +162,10 @@ class Trainer:
                                   "kernels (rebuild with torch's CUDA build and nvcc)")
             device = torch.device("cuda")
         self.device = torch.device(device) if device is not None else None
+        on_cpu = self.device is None or self.device.type == "cpu"
+        if config.matmul_precision == "bf16" and on_cpu and not build_info()["bf16_gemm"]:
+            raise ConfigError("matmul_precision: 'bf16' on the CPU needs AVX512-BF16, which this "
+                              "CPU (or PBG_FAST_ISA) lacks; use 'fp32'")
         self.seed = seed
         self.progress = progress
         self.ckpt = CheckpointManager(config.checkpoint_path)

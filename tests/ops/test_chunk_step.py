@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import pbg_fast
 from pbg_fast import ops
 from pbg_fast.model import reference as ref
 from tests.conftest import tolerances
@@ -222,10 +223,13 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"src_global must be \[6\]"):
         call(src_global=torch.zeros(5))
 
-    for precision in ("tf32", "bf16"):  # reduced-precision products are a CUDA feature
-        with pytest.raises(ValueError, match=f"precision '{precision}' runs on CUDA only"):
+    with pytest.raises(ValueError, match="precision 'tf32' runs on CUDA only"):
+        ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
+                       "diagonal", "softmax", 0.1, precision="tf32")
+    if not pbg_fast.build_info()["bf16_gemm"]:
+        with pytest.raises(ValueError, match="precision 'bf16' needs a CPU with AVX512-BF16"):
             ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
-                           "diagonal", "softmax", 0.1, precision=precision)
+                           "diagonal", "softmax", 0.1, precision="bf16")
     with pytest.raises(ValueError, match="precision: unknown 'fp16'"):
         ops.chunk_step(*[case[k] for k in ARGS], "batch_uniform", "batch_uniform", "dot",
                        "diagonal", "softmax", 0.1, precision="fp16")
@@ -319,11 +323,15 @@ def test_device_all_negatives(device, case_, comparator):
 @pytest.mark.parametrize("precision,unit", [("tf32", 2.0 ** -11), ("bf16", 2.0 ** -8)])
 @pytest.mark.parametrize("comparator", COMPARATORS)
 def test_device_reduced_precision_products(device, comparator, precision, unit):
-    """TF32 / BF16 inputs, fp32 accumulation (CUDA only; the CPU refuses them by name): within a
-    few units of the inputs' rounding of the reference, relative to each output's scale."""
-    if device.type != "cuda":
-        pytest.skip("reduced-precision products are a CUDA feature")
+    """TF32 / BF16 inputs, fp32 accumulation (TF32 on CUDA only; BF16 on CUDA and on CPUs with
+    AVX512-BF16): within a few units of the inputs' rounding of the reference, relative to each
+    output's scale, and not the fp32 result (the inputs really were rounded)."""
+    if device.type != "cuda" and (precision == "tf32" or not pbg_fast.build_info()["bf16_gemm"]):
+        pytest.skip(f"{precision} products do not run on this {device.type}")
     case = make_case(64, 16, 16, 16, 32, "diagonal", torch.float32, rels=2)
-    check(case, "batch_uniform", "batch_uniform", comparator, "diagonal", "softmax",
-          torch.float32, device=device, precision=precision,
-          tol=lambda e: dict(rtol=8 * unit, atol=8 * unit * max(e.abs().max().item(), 1e-6)))
+    out = check(case, "batch_uniform", "batch_uniform", comparator, "diagonal", "softmax",
+                torch.float32, device=device, precision=precision,
+                tol=lambda e: dict(rtol=8 * unit, atol=8 * unit * max(e.abs().max().item(), 1e-6)))
+    fp32 = check(case, "batch_uniform", "batch_uniform", comparator, "diagonal", "softmax",
+                 torch.float32, device=device, tol=device_tol(torch.float32))
+    assert not torch.equal(out[1], fp32[1])

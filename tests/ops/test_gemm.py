@@ -65,10 +65,46 @@ def test_gemm_matches_reference(isa, ta, tb):
             (isa, m, n, k, ta, tb, strided, alpha, beta, (c.double() - want).abs().max())
 
 
+BF16_SHAPES = SHAPES + [(50, 50, 100), (33, 47, 65), (5, 70, 31), (40, 3, 77), (17, 40, 64)]
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_bf16_gemm_matches_a_bf16_input_reference(ta, tb):
+    """isa 'avx512_bf16' (precision 'bf16' on the CPU): the inputs rounded to bfloat16 (torch's
+    rounding, nearest even), products accumulated in fp32: against float64 products of the
+    same rounded inputs, within fp32 accumulation error (the rounding itself is exact here)."""
+    if not pbg_fast.build_info()["bf16_gemm"]:
+        pytest.skip("this CPU (or PBG_FAST_ISA) has no AVX512-BF16")
+    g = torch.Generator().manual_seed(1)
+    for (m, n, k), strided, (alpha, beta) in itertools.product(
+            BF16_SHAPES, [False, True], [(1.0, 0.0), (0.7, 1.0)]):
+        ashape = (k, m) if ta else (m, k)
+        bshape = (n, k) if tb else (k, n)
+        if strided:
+            a, b, c = view(*ashape, g), view(*bshape, g), view(m, n, g)
+        else:
+            a, b, c = torch.randn(ashape, generator=g), torch.randn(bshape, generator=g), \
+                torch.randn(m, n, generator=g)
+        if beta == 0 and c.numel():
+            c.fill_(float("nan"))
+        want = reference(a.bfloat16().float(), b.bfloat16().float(), ta, tb, alpha, beta, c)
+        torch.ops.pbg_fast.gemm_(c, a, b, ta, tb, alpha, beta, "avx512_bf16")
+        assert torch.allclose(c.double(), want, rtol=1e-5, atol=1e-4), \
+            (m, n, k, ta, tb, strided, alpha, beta, (c.double() - want).abs().max())
+    # The inputs really are rounded: bf16 (8-bit mantissa) products differ from fp32 ones.
+    a, b = torch.randn(100, 50, generator=g), torch.randn(100, 100, generator=g)
+    c = torch.zeros(50, 100)
+    torch.ops.pbg_fast.gemm_(c, a, b, True, True, 1.0, 0.0, "avx512_bf16")
+    assert (c.double() - reference(a, b, True, True, 1.0, 0.0, c)).abs().max() > 1e-3
+
+
 def test_gemm_refuses_bad_arguments():
     a = torch.randn(3, 4)
     with pytest.raises(ValueError, match="isa"):
         torch.ops.pbg_fast.gemm_(torch.zeros(3, 3), a, a, False, True, 1.0, 0.0, "sse9")
+    if not pbg_fast.build_info()["bf16_gemm"]:
+        with pytest.raises(ValueError, match="does not run AVX512-BF16"):
+            torch.ops.pbg_fast.gemm_(torch.zeros(3, 3), a, a, False, True, 1.0, 0.0, "avx512_bf16")
     with pytest.raises(ValueError, match="shapes"):
         torch.ops.pbg_fast.gemm_(torch.zeros(3, 3), a, a, False, False, 1.0, 0.0, "avx2")
     with pytest.raises(TypeError, match="float32"):

@@ -8,6 +8,7 @@ and element-wise Adagrad on the relation parameters and the global embedding."""
 import pytest
 import torch
 
+import pbg_fast
 from pbg_fast import ops
 from pbg_fast.model import reference as ref
 
@@ -152,6 +153,29 @@ def test_max_norm_renormalises_every_looked_up_row_in_place():
     assert (cos > 1 - 1e-6).all()
 
 
-def test_reduced_precision_is_refused_on_the_cpu():
-    with pytest.raises(ValueError, match="train_bucket_: precision 'bf16' runs on CUDA only"):
-        train_diagonal_bucket(all_negs=False, precision="bf16")
+def test_tf32_is_refused_on_the_cpu():
+    with pytest.raises(ValueError, match="train_bucket_: precision 'tf32' runs on CUDA only"):
+        train_diagonal_bucket(all_negs=False, precision="tf32")
+
+
+def test_bf16_products_on_the_cpu():
+    """precision 'bf16' where the CPU has AVX512-BF16 (refused by name elsewhere): trains like
+    fp32 within bf16's rounding, without being fp32."""
+    if not pbg_fast.build_info()["bf16_gemm"]:
+        with pytest.raises(ValueError, match="precision 'bf16' needs a CPU with AVX512-BF16"):
+            train_diagonal_bucket(all_negs=False, precision="bf16")
+        return
+    out = {}
+    for precision in ("fp32", "bf16"):
+        emb, state, lhs, rhs, _, (p, _) = setup(200, 16, 2000, "diagonal", 1, torch.float32)
+        z = torch.zeros(0)
+        stats = torch.ops.pbg_fast.train_bucket_(
+            emb, state, emb, state, p, torch.zeros_like(p), torch.zeros(0, 16),
+            torch.zeros(0, 16), z, z.clone(), z.clone(), z.clone(), lhs, rhs,
+            torch.zeros(0, dtype=torch.long), None, 100, 20, 20, False, False, False, "cos",
+            "diagonal", "softmax", 0.1, 1.0, 0.1, 0.1, 1, 7, 0.0, False, 0.0, precision)
+        out[precision] = (stats, emb)
+    (s32, e32), (s16, e16) = out["fp32"], out["bf16"]
+    torch.testing.assert_close(s16[0], s32[0], rtol=1e-2, atol=0)
+    torch.testing.assert_close(e16, e32, rtol=0, atol=2e-2)
+    assert not torch.equal(e16, e32)
