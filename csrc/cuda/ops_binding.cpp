@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -130,8 +131,11 @@ cudaError_t run_gemm(void*, const cuda::Gemm<T>& g, Precision precision, cudaStr
                   g.ldc <= kMax && g.batch <= kMax,
               "chunk_step: a product is too large for cuBLAS's int sizes: m ", g.m, ", n ", g.n,
               ", k ", g.k, ", batch ", g.batch, " (use a smaller batch_size)");
+  // The handle comes bound to the current stream (the launchers' `stream`) with torch's
+  // workspace; cublasSetStream here would reset that workspace to cuBLAS's default pool.
+  TORCH_CHECK(stream == current_stream(), "chunk_step: products on a stream other than the "
+              "current one");
   cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
-  TORCH_CUDABLAS_CHECK(cublasSetStream(handle, stream));
   cublasMath_t math;
   TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &math));
   TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
@@ -408,12 +412,46 @@ void row_adagrad_cuda(at::Tensor& weight, at::Tensor& state, const at::Tensor& i
 
 // ---- the fused chunk step -----------------------------------------------------------------
 
+// The ChunkStepArgs fields chunk_step and train_bucket_ fill alike: tables, operator, model
+// configuration and the products' runner. The batch, negatives, globals and outputs are the
+// caller's.
+template <typename T>
+cuda::ChunkStepArgs<T> chunk_step_args(const at::Tensor& src_emb, const at::Tensor& dst_emb,
+                                       const at::Tensor& op_params, Comparator cmp, Operator op,
+                                       Loss loss, Precision precision, double margin,
+                                       double reg_coef) {
+  cuda::ChunkStepArgs<T> args{};
+  args.src_emb = src_emb.data_ptr<T>();
+  args.src_stride = src_emb.stride(0);
+  args.dst_emb = dst_emb.data_ptr<T>();
+  args.dst_stride = dst_emb.stride(0);
+  args.src_rows = src_emb.size(0);
+  args.dst_rows = dst_emb.size(0);
+  args.op_params = op_params.data_ptr<T>();
+  args.num_params = op_params.size(1);
+  args.dim = src_emb.size(1);
+  args.comparator = cmp;
+  args.op = op;
+  args.loss = loss;
+  args.margin = static_cast<T>(margin);
+  args.reg_coef = static_cast<T>(reg_coef);
+  args.precision = precision;
+  args.gemm = gemm_runner<T>();
+  return args;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
   constexpr const char* kOp = "chunk_step";
   const ChunkStepPlan plan = check_chunk_step(PBG_CHUNK_STEP_ARGS, kDevice);
-  check_device(dst_emb, src_emb, kOp, "dst_emb", "src_emb");
-  check_device(op_params, src_emb, kOp, "op_params", "src_emb");
+  // Every tensor on src_emb's GPU (the shared checks only ask for a CUDA tensor).
+  for (auto [t, name] : {std::pair{&dst_emb, "dst_emb"}, {&op_params, "op_params"},
+                         {&src_idx, "src_idx"}, {&dst_idx, "dst_idx"}, {&rel, "rel"},
+                         {&src_uniform, "src_uniform"}, {&dst_uniform, "dst_uniform"}})
+    check_device(*t, src_emb, kOp, name, "src_emb");
+  for (auto [t, name] : {std::pair{&plan.weight, "weight"}, {&plan.src_global, "src_global"},
+                         {&plan.dst_global, "dst_global"}})
+    if (t->defined()) check_device(*t, src_emb, kOp, name, "src_emb");
   const Comparator cmp = plan.cmp;
   const Operator op = plan.op;
   const Loss loss = plan.loss;
@@ -445,16 +483,8 @@ chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
 
   AT_DISPATCH_FLOATING_TYPES(src_emb.scalar_type(), kOp, [&] {
     using T = scalar_t;
-    cuda::ChunkStepArgs<T> args{};
-    args.src_emb = src_emb.data_ptr<T>();
-    args.src_stride = src_emb.stride(0);
-    args.dst_emb = dst_emb.data_ptr<T>();
-    args.dst_stride = dst_emb.stride(0);
-    args.src_rows = src_emb.size(0);
-    args.dst_rows = dst_emb.size(0);
-    args.op_params = params.data_ptr<T>();
-    args.num_params = K;
-    args.dim = D;
+    auto args = chunk_step_args<T>(src_emb, dst_emb, params, cmp, op, loss, plan.precision,
+                                   margin, reg_coef);
     args.src_idx = src_i.data_ptr<int64_t>();
     args.dst_idx = dst_i.data_ptr<int64_t>();
     args.rel = rel_i.data_ptr<int64_t>();
@@ -471,13 +501,6 @@ chunk_step_cuda(PBG_CHUNK_STEP_PARAMS) {
     args.dst_global_grad = dst_global_grad.data_ptr<T>();
     args.src_mode = src_mode;
     args.dst_mode = dst_mode;
-    args.comparator = cmp;
-    args.op = op;
-    args.loss = loss;
-    args.margin = static_cast<T>(margin);
-    args.reg_coef = static_cast<T>(reg_coef);
-    args.precision = plan.precision;
-    args.gemm = gemm_runner<T>();
     args.src_grad = src_grad.data_ptr<T>();
     args.dst_grad = dst_grad.data_ptr<T>();
     args.op_param_grad = param_grad.data_ptr<T>();
@@ -511,9 +534,17 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
   constexpr const char* kOp = "train_bucket_";
   const auto t0 = std::chrono::steady_clock::now();
   const TrainBucketPlan plan = check_train_bucket(PBG_TRAIN_BUCKET_ARGS, kDevice);
-  for (auto [t, name] : {std::pair{&lhs_emb, "lhs_emb"}, {&rhs_emb, "rhs_emb"},
-                         {&rhs_op_params, "rhs_op_params"}, {&lhs_global, "lhs_global"}})
+  // Every tensor on lhs_emb's GPU (the shared checks only ask for a CUDA tensor).
+  for (auto [t, name] : {std::pair{&lhs_state, "lhs_state"}, {&rhs_emb, "rhs_emb"},
+                         {&rhs_state, "rhs_state"}, {&rhs_op_params, "rhs_op_params"},
+                         {&rhs_op_state, "rhs_op_state"}, {&lhs_op_params, "lhs_op_params"},
+                         {&lhs_op_state, "lhs_op_state"}, {&lhs_global, "lhs_global"},
+                         {&lhs_global_state, "lhs_global_state"}, {&rhs_global, "rhs_global"},
+                         {&rhs_global_state, "rhs_global_state"}})
     check_device(*t, lhs_emb, kOp, name, "lhs_emb");
+  for (auto [t, name] : {std::pair{&lhs, "lhs"}, {&rhs, "rhs"}, {&rel, "rel"}})
+    check_device(*t, lhs_emb, kOp, name, "lhs_emb");
+  if (plan.weight.defined()) check_device(plan.weight, lhs_emb, kOp, "weight", "lhs_emb");
   const DeviceGuard device_guard(lhs_emb.device());
   const int64_t D = plan.D, E = plan.E, cs = plan.chunk;
   auto stats = at::zeros({5}, lhs_emb.options().dtype(at::kDouble));
@@ -537,9 +568,15 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
   const int64_t R = plan.R, K = plan.K;
   auto g_rhs_op = at::empty({R, K}, lhs_emb.options());
   auto g_lhs_op = at::empty({dynamic ? R : 0, K}, lhs_emb.options());
-  // Global-embedding gradients [direction][lhs, rhs][D]: each chunk step overwrites its own
-  // direction's two rows; the step sums over directions.
+  // Global-embedding gradients [direction][lhs, rhs][D]: each direction sums its chunk steps'
+  // (g_part: one step's [src, dst]) into its two rows; the step sums over directions.
   auto g_glob = at::empty({dynamic ? 2 : 1, 2, plan.glob ? D : 0}, lhs_emb.options());
+  auto g_part = at::empty({2, plan.glob ? D : 0}, lhs_emb.options());
+  // all_negs: the most score entries per side of one chunk step (PBG_FAST_CUDA_ALL_SCORES, read
+  // per bucket, for tests; default 64M, 256 MB of fp32 scores).
+  const char* all_scores_env = std::getenv("PBG_FAST_CUDA_ALL_SCORES");
+  const int64_t all_scores =
+      all_scores_env ? std::max<int64_t>(1, std::atoll(all_scores_env)) : int64_t(1) << 26;
   // all_negs: a table whose every row is some side's negative is "dense": every row is looked up
   // (max_norm) and gets a gradient row, so every row steps (a zero gradient leaves it as is).
   const bool lhs_all = lhs_mode == NegMode::All, rhs_all = rhs_mode == NegMode::All;
@@ -606,65 +643,88 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
         const at::Tensor& s_emb = rev ? rhs_emb : lhs_emb;
         const at::Tensor& d_emb = rev ? lhs_emb : rhs_emb;
         const at::Tensor& params = rev ? lhs_op_params : rhs_op_params;
-        // Under 'all' a side's rows after the positives' are its table's.
-        const at::Tensor& s_extra = smode == NegMode::All ? (rev ? rhs_rows : lhs_rows) : s_uni;
-        const at::Tensor& d_extra = dmode == NegMode::All ? (rev ? lhs_rows : rhs_rows) : d_uni;
-        auto src_grad = at::empty({n + s_extra.numel(), D}, lhs_emb.options());
-        auto dst_grad = at::empty({n + d_extra.numel(), D}, lhs_emb.options());
-        cuda::ChunkStepArgs<T> args{};
-        args.src_emb = s_emb.data_ptr<T>();
-        args.src_stride = D;
-        args.dst_emb = d_emb.data_ptr<T>();
-        args.dst_stride = D;
-        args.src_rows = s_emb.size(0);
-        args.dst_rows = d_emb.size(0);
-        args.op_params = params.data_ptr<T>();
-        args.num_params = K;
-        args.dim = D;
-        args.src_idx = s_idx.data_ptr<int64_t>();
-        args.dst_idx = d_idx.data_ptr<int64_t>();
-        args.rel = relb.data_ptr<int64_t>();
-        args.num_edges = n;
-        args.chunk_size = cs;
-        args.src_uniform = s_uni.data_ptr<int64_t>();
-        args.num_src_uniform = Us;
-        args.dst_uniform = d_uni.data_ptr<int64_t>();
-        args.num_dst_uniform = Ud;
-        args.weight = wb.data_ptr<T>();
-        if (plan.glob) {
-          args.src_global = (rev ? rhs_global : lhs_global).data_ptr<T>();
-          args.dst_global = (rev ? lhs_global : rhs_global).data_ptr<T>();
-          args.src_global_grad = g_glob[rev][rev ? 1 : 0].data_ptr<T>();
-          args.dst_global_grad = g_glob[rev][rev ? 0 : 1].data_ptr<T>();
+        const bool s_all = smode == NegMode::All, d_all = dmode == NegMode::All;
+        const int64_t s_rows = s_emb.size(0), d_rows = d_emb.size(0);
+        const int s_tab = rev ? 1 : 0, d_tab = rev ? 0 : 1;
+        // all_negs scores every edge against every table row: the batch runs in sub-batches
+        // with at most all_scores score entries per side, and the table rows' gradient is
+        // summed over them (one row-Adagrad step per row either way). Under all_negs no side
+        // has in-chunk or uniform negatives (U = 0), so a sub-batch need not hold whole chunks.
+        const int64_t all_rows = std::max(s_all ? s_rows : 0, d_all ? d_rows : 0);
+        TORCH_INTERNAL_ASSERT(all_rows == 0 || (Us == 0 && Ud == 0));
+        const int64_t sub = all_rows == 0 ? n : std::max<int64_t>(1, all_scores / all_rows);
+        at::Tensor s_table = s_all ? at::zeros({s_rows, D}, lhs_emb.options()) : at::Tensor();
+        at::Tensor d_table = d_all ? at::zeros({d_rows, D}, lhs_emb.options()) : at::Tensor();
+        if (plan.glob) g_glob[rev].zero_();
+        for (int64_t off = 0; off < n; off += sub) {
+          const int64_t nb = std::min(sub, n - off), Cb = (nb + cs - 1) / cs, c0 = off / cs;
+          const at::Tensor sb = s_idx.narrow(0, off, nb), db = d_idx.narrow(0, off, nb);
+          const at::Tensor sb_uni = s_uni.narrow(0, c0 * Us, Cb * Us);
+          const at::Tensor db_uni = d_uni.narrow(0, c0 * Ud, Cb * Ud);
+          // Under 'all' a side's rows after the positives' are its table's.
+          auto src_grad = at::empty({nb + (s_all ? s_rows : Cb * Us), D}, lhs_emb.options());
+          auto dst_grad = at::empty({nb + (d_all ? d_rows : Cb * Ud), D}, lhs_emb.options());
+          auto args = chunk_step_args<T>(s_emb, d_emb, params, plan.cmp, plan.op, plan.loss,
+                                         plan.precision, margin, reg_coef);
+          args.src_idx = sb.data_ptr<int64_t>();
+          args.dst_idx = db.data_ptr<int64_t>();
+          args.rel = relb.data_ptr<int64_t>() + off;
+          args.num_edges = nb;
+          args.chunk_size = cs;
+          args.src_uniform = sb_uni.data_ptr<int64_t>();
+          args.num_src_uniform = Us;
+          args.dst_uniform = db_uni.data_ptr<int64_t>();
+          args.num_dst_uniform = Ud;
+          args.weight = wb.data_ptr<T>() + off;
+          if (plan.glob) {
+            args.src_global = (rev ? rhs_global : lhs_global).data_ptr<T>();
+            args.dst_global = (rev ? lhs_global : rhs_global).data_ptr<T>();
+            args.src_global_grad = g_part[0].data_ptr<T>();
+            args.dst_global_grad = g_part[1].data_ptr<T>();
+          }
+          args.src_mode = smode;
+          args.dst_mode = dmode;
+          args.src_grad = src_grad.data_ptr<T>();
+          args.dst_grad = dst_grad.data_ptr<T>();
+          args.op_param_grad = (rev ? g_lhs_op : g_rhs_op).data_ptr<T>();
+          args.edge_loss = edge_loss.data_ptr<double>() + off;
+          args.edge_violators = edge_viol.data_ptr<int64_t>() + 2 * off;
+          auto workspace = at::empty({cuda::chunk_step_workspace_size(args)}, lhs_emb.options());
+          args.workspace = workspace.data_ptr<T>();
+          check_launch(cuda::chunk_step<T>(args, stream), kOp);
+          if (plan.glob) {
+            g_glob[rev][s_tab].add_(g_part[0]);
+            g_glob[rev][d_tab].add_(g_part[1]);
+          }
+          rows[s_tab].push_back(sb);
+          grads[s_tab].push_back(src_grad.narrow(0, 0, nb));
+          if (s_all) {
+            s_table.add_(src_grad.narrow(0, nb, s_rows));
+          } else {
+            rows[s_tab].push_back(sb_uni);
+            grads[s_tab].push_back(src_grad.narrow(0, nb, Cb * Us));
+          }
+          rows[d_tab].push_back(db);
+          grads[d_tab].push_back(dst_grad.narrow(0, 0, nb));
+          if (d_all) {
+            d_table.add_(dst_grad.narrow(0, nb, d_rows));
+          } else {
+            rows[d_tab].push_back(db_uni);
+            grads[d_tab].push_back(dst_grad.narrow(0, nb, Cb * Ud));
+          }
         }
-        args.src_mode = smode;
-        args.dst_mode = dmode;
-        args.comparator = plan.cmp;
-        args.op = plan.op;
-        args.loss = plan.loss;
-        args.margin = static_cast<T>(margin);
-        args.reg_coef = static_cast<T>(reg_coef);
-        args.precision = plan.precision;
-        args.gemm = gemm_runner<T>();
-        args.src_grad = src_grad.data_ptr<T>();
-        args.dst_grad = dst_grad.data_ptr<T>();
-        args.op_param_grad = (rev ? g_lhs_op : g_rhs_op).data_ptr<T>();
-        args.edge_loss = edge_loss.data_ptr<double>();
-        args.edge_violators = edge_viol.data_ptr<int64_t>();
-        auto workspace = at::empty({cuda::chunk_step_workspace_size(args)}, lhs_emb.options());
-        args.workspace = workspace.data_ptr<T>();
-        check_launch(cuda::chunk_step<T>(args, stream), kOp);
+        if (s_all) {
+          rows[s_tab].push_back(rev ? rhs_rows : lhs_rows);
+          grads[s_tab].push_back(s_table);
+        }
+        if (d_all) {
+          rows[d_tab].push_back(rev ? lhs_rows : rhs_rows);
+          grads[d_tab].push_back(d_table);
+        }
         loss_sum.add_(edge_loss.narrow(0, 0, n).sum());
         auto v = edge_viol.narrow(0, 0, n).sum(0);  // (src side, dst side)
-        viol_sum[rev ? 1 : 0].add_(v[0]);
-        viol_sum[rev ? 0 : 1].add_(v[1]);
-        const int s_tab = rev ? 1 : 0, d_tab = rev ? 0 : 1;
-        rows[s_tab].push_back(s_idx);
-        rows[s_tab].push_back(s_extra);
-        grads[s_tab].push_back(src_grad);
-        rows[d_tab].push_back(d_idx);
-        rows[d_tab].push_back(d_extra);
-        grads[d_tab].push_back(dst_grad);
+        viol_sum[s_tab].add_(v[0]);
+        viol_sum[d_tab].add_(v[1]);
       }
       // Row Adagrad: one step per distinct row of each table, from the sum of its rows.
       auto step_rows = [&](at::Tensor& emb, at::Tensor& state, const std::vector<at::Tensor>& r,

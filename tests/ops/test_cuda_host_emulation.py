@@ -311,13 +311,18 @@ ALL_NEGS_CASES = [  # (operator, dynamic, same table, max_norm, disable_rhs_negs
 ]
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("comparator,loss", [("dot", "softmax"), ("cos", "ranking"),
                                              ("l2", "logistic")])
 @pytest.mark.parametrize("case_", ALL_NEGS_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_train_bucket_all_negs(emu, case_, comparator, loss):
+def test_train_bucket_all_negs(emu, case_, comparator, loss, split, monkeypatch):
     """all_negs on the CUDA path against the CPU op (itself checked against a Python loop in
     tests/ops/test_train_bucket.py), one worker, float64: every table row is every edge's
-    negative, and every row of a dense table steps."""
+    negative, and every row of a dense table steps. split: at most 50 score entries per side
+    per chunk step (PBG_FAST_CUDA_ALL_SCORES), so each batch of 16 runs as sub-batches of 4-5
+    edges whose table-row gradients are summed."""
+    if split:
+        monkeypatch.setenv("PBG_FAST_CUDA_ALL_SCORES", "50")
     operator, dynamic, same, max_norm, no_rhs = case_
     tensors, edges = bucket.make_case(11, 11 if same else 9, 4, 40, 3 if dynamic else 1,
                                       operator, dynamic, True, True, same, 5)
