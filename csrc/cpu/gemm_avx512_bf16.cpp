@@ -62,6 +62,32 @@ inline void row_words(const float* x, int64_t k, uint32_t* out) {
   }
 }
 
+// r[q] = column q of the 16 x 16 matrix of words whose row i is r[i] (a register transpose).
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Each 128-bit lane of r[4g + j] now holds one column's words from rows 4g..4g+3: two rounds
+  // of 128-bit lane shuffles gather each column's four lanes into one register.
+  for (int g = 0; g < 2; ++g)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * g + j] = _mm512_shuffle_i32x4(r[8 * g + j], r[8 * g + 4 + j], 0x88);
+      t[8 * g + 4 + j] = _mm512_shuffle_i32x4(r[8 * g + j], r[8 * g + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xDD);
+  }
+}
+
 inline void store_cols(float* p, __m512 v, int64_t cols, float alpha, float beta) {
   const __mmask16 m = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1u);
   v = _mm512_mul_ps(v, _mm512_set1_ps(alpha));
@@ -150,16 +176,36 @@ void gemm_avx512_bf16(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
       }
   }
   // op(B) -> one panel at a time, [kp, nv * 16] words.
-  thread_local std::vector<uint32_t> row_buf;  // tb: one row of B as words
-  if (tb && int64_t(row_buf.size()) < kp + kL) row_buf.resize(kp + kL);
+  thread_local std::vector<uint32_t> row_buf;  // tb: 16 rows of B as words, kp rounded up
+  const int64_t row_words_needed = kL * ((kp + kL - 1) / kL * kL) + kL;
+  if (tb && int64_t(row_buf.size()) < row_words_needed) row_buf.resize(row_words_needed);
   uint32_t* row = row_buf.data();
   for (int64_t j0 = 0; j0 < n; j0 += 2 * kL) {
     const int64_t cols = n - j0 < 2 * kL ? n - j0 : 2 * kL;
     const int nv = cols > kL ? 2 : 1, width = nv * kL;
     if (tb) {  // op(B)[p, j] = B[j, p]: column j of the panel is row j of B, as words
-      for (int64_t jj = 0; jj < width; ++jj) {
-        if (jj < cols) row_words(b + (j0 + jj) * ldb, k, row);
-        for (int64_t p = 0; p < kp; ++p) work_b[p * width + jj] = jj < cols ? row[p] : 0u;
+      // 16 rows of B as words (zero rows past cols, zero words past kp), then 16 x 16 blocks
+      // transposed in registers into the panel's [p, 16 columns] rows.
+      const int64_t kp16 = (kp + kL - 1) / kL * kL;
+      for (int v = 0; v < nv; ++v) {
+        for (int64_t r = 0; r < kL; ++r) {
+          uint32_t* dst = row + r * kp16;
+          const int64_t jj = v * kL + r;
+          int64_t done = 0;
+          if (jj < cols) {
+            row_words(b + (j0 + jj) * ldb, k, dst);
+            done = kp;
+          }
+          for (int64_t p = done; p < kp16; ++p) dst[p] = 0u;
+        }
+        for (int64_t p0 = 0; p0 < kp; p0 += kL) {
+          __m512i blk[kL];
+          for (int r = 0; r < kL; ++r) blk[r] = _mm512_loadu_si512(row + r * kp16 + p0);
+          transpose16(blk);
+          const int64_t np = kp - p0 < kL ? kp - p0 : kL;
+          for (int64_t q = 0; q < np; ++q)
+            _mm512_storeu_si512(work_b + (p0 + q) * width + v * kL, blk[q]);
+        }
       }
     } else {  // rows 2p and 2p+1 of B give pair p of 16 columns at a time
       for (int64_t p = 0; p < kp; ++p)
