@@ -22,7 +22,7 @@
 //   7. back through "prepare", then through the operator (parameter gradient: see
 //      operator_rows.cuh);
 //   8. global embeddings (added to every row of their side at the gather): their gradient is
-//      the column sum of that side's row gradients;
+//      the column sum of that side's row gradients (a GEMV against ones, in T);
 //   9. N3 (reg_coef): per edge on its src and dst rows as stored (into the edge's own gradient
 //      rows) and on its relation's parameters (atomically: edges share relations).
 // Chunk c holds edges [c*cs, c*cs + P_c), P_c = min(cs, B - c*cs): the full chunks are one
@@ -103,6 +103,7 @@ struct Buffers {
   T* G2;     // [B, Wd]
   T* coef_s;  // [NS] distances: each src row's sum of G (see RowCoef)
   T* coef_d;  // [ND]
+  T* ones;    // [max(NS, ND)] of 1: the sums as GEMVs (column_sums, row_sums)
   T* op_scratch;  // [op_scratch_rows, K]
   int64_t op_scratch_rows;
   // BF16 products: bfloat16 copies of SN, DN, G1, G2 (null otherwise).
@@ -157,6 +158,7 @@ Buffers<T> carve(const ChunkStepArgs<T>& a, const Geometry& g, T* base) {
   b.G2 = take(B * g.dst.width);
   b.coef_s = take(NS);
   b.coef_d = take(ND);
+  b.ones = take(NS > ND ? NS : ND);
   b.op_scratch_rows = has_op ? operator_backward_scratch_rows(ND, K) : 0;
   b.op_scratch = take(b.op_scratch_rows * K);
   b.SNh = take_bf16(NS * D);
@@ -187,17 +189,11 @@ struct GatherRows {
   }
 };
 
-// out[k] = sum_r grad[r, k] (rows in order: the CPU kernel's order of the sum).
 template <typename T>
-struct ColumnSums {
-  const T* grad;
-  int64_t rows, d;
+struct Fill {
+  T value;
   T* out;
-  PBG_HD void operator()(int64_t k) const {
-    T acc = 0;
-    for (int64_t r = 0; r < rows; ++r) acc += grad[r * d + k];
-    out[k] = acc;
-  }
+  PBG_HD void operator()(int64_t i) const { out[i] = value; }
 };
 
 // Relation of dst row r: its edge's, or for chunk c's uniform rows, that of edge c*cs.
@@ -304,7 +300,8 @@ struct EdgeLoss {
 // sums over Y are GEMMs (grad_products); RowCoef and RowInit write the rest first.
 
 // Distances: coef[r] = the G sums that multiply X_r above (the row sum as a query, the column
-// sum as a negative).
+// sum as a negative). Under 'all' those sums run over every table row or every edge: GEMVs
+// (row_sums, column_sums) write them into coef first, and this adds the rest.
 template <typename T>
 struct RowCoef {
   Geometry g;
@@ -312,8 +309,7 @@ struct RowCoef {
   const T *G_self, *G_other;
   T* coef;
   PBG_HD T column_sum(int64_t c, int64_t j) const {
-    // Under 'all' a column is every edge's (the table row is every chunk's negative).
-    const int64_t e0 = self.all ? 0 : c * g.chunk_size, P = self.all ? g.num_edges : g.num_pos(c);
+    const int64_t e0 = c * g.chunk_size, P = g.num_pos(c);
     T acc = 0;
     for (int64_t p = 0; p < P; ++p) acc += G_self[(e0 + p) * self.width + j];
     return acc;
@@ -322,14 +318,15 @@ struct RowCoef {
     T acc = 0;
     if (r < g.num_edges) {
       const int64_t c = g.chunk_of(r);
+      if (other.all) acc = coef[r];  // the GEMV's row sum over the other table
       if (self.on && self.batch) acc += column_sum(c, r - c * g.chunk_size);
-      if (other.on) {
+      if (other.on && !other.all) {
         const int64_t n = g.num_neg(other, c);
         const T* gr = G_other + r * other.width;
         for (int64_t j = 0; j < n; ++j) acc += gr[j];
       }
     } else if (self.all) {
-      acc += column_sum(0, r - g.num_edges);
+      acc = coef[r];  // the GEMV's column sum over every edge
     } else if (self.on) {
       const int64_t t = r - g.num_edges;
       const int64_t c = t / self.num_uniform, u = t - c * self.num_uniform;
@@ -376,15 +373,56 @@ struct Operand {
 // op(A) [M, K] is A as stored, or A^T (stored [K, M]) when ta; likewise B. cuBLAS is
 // column-major, where this is C^T = op(B)^T op(A)^T: a [N, M] product with the operands
 // swapped, each buffer read with the same leading dimension.
+// `precision` names the operands' type: the products' (args.precision), or FP32 (T operands)
+// for the sums below.
+template <typename T>
+cudaError_t gemm_as(const ChunkStepArgs<T>& a, Precision precision, int64_t batch, int64_t M,
+                    int64_t N, int64_t K, Operand A, int64_t a_off, bool ta, int64_t lda,
+                    int64_t sa, Operand B, int64_t b_off, bool tb, int64_t ldb, int64_t sb,
+                    T beta, T* C, int64_t ldc, int64_t sc, cudaStream_t stream) {
+  if (batch <= 0 || M <= 0 || N <= 0 || (K <= 0 && beta == T(1))) return cudaSuccess;
+  const Gemm<T> gemm{tb, ta, N, M, K, B.at(b_off), ldb, sb, A.at(a_off), lda, sa,
+                     beta, C, ldc, sc, batch};
+  return a.gemm.run(a.gemm.ctx, gemm, precision, stream);
+}
+
 template <typename T>
 cudaError_t row_major_gemm(const ChunkStepArgs<T>& a, int64_t batch, int64_t M, int64_t N,
                            int64_t K, Operand A, int64_t a_off, bool ta, int64_t lda, int64_t sa,
                            Operand B, int64_t b_off, bool tb, int64_t ldb, int64_t sb, T beta,
                            T* C, int64_t ldc, int64_t sc, cudaStream_t stream) {
-  if (batch <= 0 || M <= 0 || N <= 0 || (K <= 0 && beta == T(1))) return cudaSuccess;
-  const Gemm<T> gemm{tb, ta, N, M, K, B.at(b_off), ldb, sb, A.at(a_off), lda, sa,
-                     beta, C, ldc, sc, batch};
-  return a.gemm.run(a.gemm.ctx, gemm, a.precision, stream);
+  return gemm_as<T>(a, a.precision, batch, M, N, K, A, a_off, ta, lda, sa, B, b_off, tb, ldb, sb,
+                    beta, C, ldc, sc, stream);
+}
+
+// Long sums as GEMVs against `ones` on the runner, in T (not the products' precision): a
+// thread per column or row summing thousands of elements would be serial work on a GPU.
+// out[n] = sum_k X[k, n] for X [K, N] with row stride ldx.
+// (beta = 1: added to out.)
+template <typename T>
+cudaError_t column_sums(const ChunkStepArgs<T>& a, const T* ones, const T* X, int64_t K,
+                        int64_t N, int64_t ldx, T* out, cudaStream_t stream, T beta = T(0)) {
+  const Operand one{ones, int64_t(sizeof(T))}, x{X, int64_t(sizeof(T))};
+  return gemm_as<T>(a, Precision::FP32, 1, 1, N, K, one, 0, false, K > 1 ? K : 1, 0, x, 0, false,
+                    ldx, 0, beta, out, N, 0, stream);
+}
+
+// out[r, k] += v[k] for rows r < n: the affine operator's translation.
+template <typename T>
+struct AddToRows {
+  const T* v;
+  int64_t d;
+  T* out;
+  PBG_HD void operator()(int64_t i) const { out[i] += v[i % d]; }
+};
+
+// out[m] = sum_k X[m, k] for X [M, K] with row stride ldx.
+template <typename T>
+cudaError_t row_sums(const ChunkStepArgs<T>& a, const T* ones, const T* X, int64_t M, int64_t K,
+                     int64_t ldx, T* out, cudaStream_t stream) {
+  const Operand one{ones, int64_t(sizeof(T))}, x{X, int64_t(sizeof(T))};
+  return gemm_as<T>(a, Precision::FP32, 1, M, 1, K, x, 0, false, ldx, 0, one, 0, false, 1, 0,
+                    T(0), out, 1, 0, stream);
 }
 
 // Chunks that share a shape: the full ones (first 0, P = cs), then a short last one.
@@ -526,6 +564,9 @@ cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& 
   constexpr bool has_op = O != Operator::None;
   const ChunkRelation rel_of{a.rel, B, cs, Ud};
 
+  PBG_CUDA_RETURN_IF_ERROR(
+      for_each_index(NS > ND ? NS : ND, Fill<T>{T(1), b.ones}, stream));
+
   // 1-3. Rows, operator, prepare.
   PBG_CUDA_RETURN_IF_ERROR(for_each_index(
       NS * D,
@@ -537,9 +578,21 @@ cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& 
       GatherRows<T>{a.dst_emb, a.dst_stride, a.dst_idx, g.dst.all ? nullptr : a.dst_uniform, B, D,
                     a.dst_global, b.DNraw},
       stream));
-  if (has_op)
+  // Linear / affine with one relation for the whole batch (a static relation's bucket): the
+  // operator's products as GEMMs, in T, instead of a thread per row looping over D x D.
+  constexpr bool matrix_op = O == Operator::Linear || O == Operator::Affine;
+  const bool op_gemm = matrix_op && a.single_relation >= 0;
+  const T* M = op_gemm ? a.op_params + a.single_relation * K : nullptr;
+  const Operand Mo{M, int64_t(sizeof(T))}, raw{b.DNraw, int64_t(sizeof(T))};
+  if (op_gemm) {  // DN = DNraw M^T (+ t)
+    PBG_CUDA_RETURN_IF_ERROR(gemm_as<T>(a, Precision::FP32, 1, ND, D, D, raw, 0, false, D, 0, Mo,
+                                        0, true, D, 0, T(0), b.DN, D, 0, stream));
+    if (O == Operator::Affine)
+      PBG_CUDA_RETURN_IF_ERROR(for_each_index(ND * D, AddToRows<T>{M + D * D, D, b.DN}, stream));
+  } else if (has_op) {
     PBG_CUDA_RETURN_IF_ERROR(
         detail::operator_forward_rows<O>(b.DNraw, a.op_params, K, rel_of, ND, D, b.DN, stream));
+  }
   PBG_CUDA_RETURN_IF_ERROR(detail::prepare_rows<Cm>(b.SN, D, NS, D, b.SN, b.aux_s, stream));
   PBG_CUDA_RETURN_IF_ERROR(detail::prepare_rows<Cm>(b.DN, D, ND, D, b.DN, b.aux_d, stream));
   const bool bf16 = a.precision == Precision::BF16;
@@ -574,6 +627,17 @@ cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& 
 
   // 6. Row gradients: src rows straight into src_grad, dst rows into gDN.
   if (ComparatorTraits<Cm>::uses_norms) {
+    const int64_t Ws = g.src.width, Wd = g.dst.width;
+    if (g.src.all) {  // src table rows as every edge's negative; dst queries against them
+      PBG_CUDA_RETURN_IF_ERROR(
+          column_sums<T>(a, b.ones, b.G1, B, g.src.num_uniform, Ws, b.coef_s + B, stream));
+      PBG_CUDA_RETURN_IF_ERROR(row_sums<T>(a, b.ones, b.G1, B, Ws, Ws, b.coef_d, stream));
+    }
+    if (g.dst.all) {
+      PBG_CUDA_RETURN_IF_ERROR(
+          column_sums<T>(a, b.ones, b.G2, B, g.dst.num_uniform, Wd, b.coef_d + B, stream));
+      PBG_CUDA_RETURN_IF_ERROR(row_sums<T>(a, b.ones, b.G2, B, Wd, Wd, b.coef_s, stream));
+    }
     PBG_CUDA_RETURN_IF_ERROR(
         for_each_index(NS, RowCoef<T>{g, g.src, g.dst, b.G1, b.G2, b.coef_s}, stream));
     PBG_CUDA_RETURN_IF_ERROR(
@@ -597,18 +661,29 @@ cudaError_t run(const ChunkStepArgs<T>& a, const Geometry& g, const Buffers<T>& 
   PBG_CUDA_RETURN_IF_ERROR(
       detail::prepare_rows_backward<Cm>(b.SN, b.aux_s, a.src_grad, NS, D, stream));
   PBG_CUDA_RETURN_IF_ERROR(detail::prepare_rows_backward<Cm>(b.DN, b.aux_d, b.gDN, ND, D, stream));
-  if (has_op)
+  if (op_gemm) {  // dL/dDNraw = gDN M; dL/dM += gDN^T DNraw; dL/dt += colsum(gDN)
+    const Operand gdn{b.gDN, int64_t(sizeof(T))};
+    T* gM = a.op_param_grad + a.single_relation * K;
+    PBG_CUDA_RETURN_IF_ERROR(gemm_as<T>(a, Precision::FP32, 1, ND, D, D, gdn, 0, false, D, 0, Mo,
+                                        0, false, D, 0, T(0), a.dst_grad, D, 0, stream));
+    PBG_CUDA_RETURN_IF_ERROR(gemm_as<T>(a, Precision::FP32, 1, D, D, ND, gdn, 0, true, D, 0, raw,
+                                        0, false, D, 0, T(1), gM, D, 0, stream));
+    if (O == Operator::Affine)
+      PBG_CUDA_RETURN_IF_ERROR(
+          column_sums<T>(a, b.ones, b.gDN, ND, D, D, gM + D * D, stream, T(1)));
+  } else if (has_op) {
     PBG_CUDA_RETURN_IF_ERROR(detail::operator_backward_rows<O>(
         b.DNraw, a.op_params, K, rel_of, ND, D, b.gDN, a.dst_grad, a.op_param_grad,
         b.op_scratch, b.op_scratch_rows, stream));
+  }
 
   // 8. Global embeddings.
   if (a.src_global)
     PBG_CUDA_RETURN_IF_ERROR(
-        for_each_index(D, ColumnSums<T>{a.src_grad, NS, D, a.src_global_grad}, stream));
+        column_sums<T>(a, b.ones, a.src_grad, NS, D, D, a.src_global_grad, stream));
   if (a.dst_global)
     PBG_CUDA_RETURN_IF_ERROR(
-        for_each_index(D, ColumnSums<T>{a.dst_grad, ND, D, a.dst_global_grad}, stream));
+        column_sums<T>(a, b.ones, a.dst_grad, ND, D, D, a.dst_global_grad, stream));
 
   // 9. N3.
   if (a.reg_coef != T(0)) {

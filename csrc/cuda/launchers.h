@@ -148,6 +148,7 @@ struct ChunkStepArgs {
   const int64_t* src_idx;  // [B]
   const int64_t* dst_idx;  // [B]
   const int64_t* rel;      // [B]
+  int64_t single_relation;  // >= 0: every edge (and chunk) has this relation; -1: unknown
   int64_t num_edges;       // B
   int64_t chunk_size;
   const int64_t* src_uniform;  // [C, Us]

@@ -421,6 +421,7 @@ cuda::ChunkStepArgs<T> chunk_step_args(const at::Tensor& src_emb, const at::Tens
                                        Loss loss, Precision precision, double margin,
                                        double reg_coef) {
   cuda::ChunkStepArgs<T> args{};
+  args.single_relation = -1;  // the caller sets it when it knows
   args.src_emb = src_emb.data_ptr<T>();
   args.src_stride = src_emb.stride(0);
   args.dst_emb = dst_emb.data_ptr<T>();
@@ -669,6 +670,7 @@ at::Tensor train_bucket_cuda(PBG_TRAIN_BUCKET_PARAMS) {
           args.src_idx = sb.data_ptr<int64_t>();
           args.dst_idx = db.data_ptr<int64_t>();
           args.rel = relb.data_ptr<int64_t>() + off;
+          args.single_relation = rel_i.numel() == 0 ? 0 : -1;  // a static relation's bucket
           args.num_edges = nb;
           args.chunk_size = cs;
           args.src_uniform = sb_uni.data_ptr<int64_t>();

@@ -302,6 +302,16 @@ def test_train_bucket_options(emu, case, comparator, loss):
     bucket.check_options(case, comparator, loss, op=emu.train_bucket_)
 
 
+@pytest.mark.parametrize("comparator", COMPARATORS)
+@pytest.mark.parametrize("operator", ["linear", "affine"])
+def test_train_bucket_static_matrix_operators(emu, operator, comparator):
+    """A static relation's bucket (one relation): the CUDA chunk step runs linear / affine as
+    GEMMs (forward, the rows' and the matrix's gradients) instead of per-row loops."""
+    case = dict(name="static " + operator, dynamic=False, same=False, glob=True, weighted=True,
+                operator=operator, rels=1)
+    bucket.check_options(case, comparator, "softmax", op=emu.train_bucket_)
+
+
 ALL_NEGS_CASES = [  # (operator, dynamic, same table, max_norm, disable_rhs_negs)
     ("none", False, False, 0.0, False),
     ("none", False, True, 0.0, False),
