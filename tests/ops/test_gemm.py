@@ -38,6 +38,21 @@ def view(rows, cols, g, pad=3, offset=1):
     return big[offset:].as_strided((rows, cols), (cols + pad, 1))
 
 
+def operands(m, n, k, ta, tb, strided, beta, g):
+    """a, b stored for op(a) [m, k], op(b) [k, n], and c [m, n]: contiguous or views of wider,
+    unaligned storage; c is NaN where beta == 0 (the kernel must not read it then)."""
+    ashape = (k, m) if ta else (m, k)
+    bshape = (n, k) if tb else (k, n)
+    if strided:
+        a, b, c = view(*ashape, g), view(*bshape, g), view(m, n, g)
+    else:
+        a, b, c = torch.randn(ashape, generator=g), torch.randn(bshape, generator=g), \
+            torch.randn(m, n, generator=g)
+    if beta == 0 and c.numel():
+        c.fill_(float("nan"))
+    return a, b, c
+
+
 SHAPES = [(50, 100, 100), (1, 1, 1), (13, 37, 5), (12, 32, 7), (25, 33, 64), (7, 1, 9),
           (23, 17, 101), (31, 16, 1), (6, 8, 3), (100, 100, 50), (0, 5, 3), (5, 0, 3), (5, 3, 0)]
 
@@ -50,15 +65,7 @@ def test_gemm_matches_reference(isa, ta, tb):
     g = torch.Generator().manual_seed(0)
     for (m, n, k), strided, (alpha, beta) in itertools.product(
             SHAPES, [False, True], [(1.0, 0.0), (0.7, 1.0), (-1.5, 0.25)]):
-        ashape = (k, m) if ta else (m, k)
-        bshape = (n, k) if tb else (k, n)
-        if strided:
-            a, b, c = view(*ashape, g), view(*bshape, g), view(m, n, g)
-        else:
-            a, b, c = torch.randn(ashape, generator=g), torch.randn(bshape, generator=g), \
-                torch.randn(m, n, generator=g)
-        if beta == 0 and c.numel():
-            c.fill_(float("nan"))  # beta == 0 must not read C
+        a, b, c = operands(m, n, k, ta, tb, strided, beta, g)
         want = reference(a, b, ta, tb, alpha, beta, c)
         torch.ops.pbg_fast.gemm_(c, a, b, ta, tb, alpha, beta, isa)
         assert torch.allclose(c.double(), want, rtol=1e-5, atol=1e-4), \
@@ -78,15 +85,7 @@ def test_bf16_gemm_matches_a_bf16_input_reference(ta, tb):
     g = torch.Generator().manual_seed(1)
     for (m, n, k), strided, (alpha, beta) in itertools.product(
             BF16_SHAPES, [False, True], [(1.0, 0.0), (0.7, 1.0)]):
-        ashape = (k, m) if ta else (m, k)
-        bshape = (n, k) if tb else (k, n)
-        if strided:
-            a, b, c = view(*ashape, g), view(*bshape, g), view(m, n, g)
-        else:
-            a, b, c = torch.randn(ashape, generator=g), torch.randn(bshape, generator=g), \
-                torch.randn(m, n, generator=g)
-        if beta == 0 and c.numel():
-            c.fill_(float("nan"))
+        a, b, c = operands(m, n, k, ta, tb, strided, beta, g)
         want = reference(a.bfloat16().float(), b.bfloat16().float(), ta, tb, alpha, beta, c)
         torch.ops.pbg_fast.gemm_(c, a, b, ta, tb, alpha, beta, "avx512_bf16")
         assert torch.allclose(c.double(), want, rtol=1e-5, atol=1e-4), \
