@@ -518,16 +518,7 @@ struct N3Rows {
   PBG_HD void operator()(int64_t e) const {
     double reg = n3_row(src_emb + src_idx[e] * src_stride, src_grad + e * d, d, coef, pairs);
     reg += n3_row(dst_emb + dst_idx[e] * dst_stride, dst_grad + e * d, d, coef, pairs);
-    if (num_params > 0) {
-      const T* x = op_params + rel[e] * num_params;
-      const int64_t n = pairs ? num_params / 2 : num_params;
-      T total = 0;
-      for (int64_t k = 0; k < n; ++k) {
-        const T m = pairs ? sqrt(x[k] * x[k] + x[n + k] * x[n + k]) : (x[k] > T(0) ? x[k] : -x[k]);
-        total += m * m * m;
-      }
-      reg += coef * total;
-    }
+    if (num_params > 0) reg += n3_penalty(op_params + rel[e] * num_params, num_params, coef, pairs);
     edge_loss[e] += reg;
   }
 };
@@ -544,13 +535,7 @@ struct N3Params {
   PBG_HD void operator()(int64_t i) const {
     const int64_t e = i / num_params, k = i - e * num_params;
     const T* x = op_params + rel[e] * num_params;
-    T m;
-    if (pairs) {
-      const int64_t h = num_params / 2, partner = k < h ? k + h : k - h;
-      m = sqrt(x[k] * x[k] + x[partner] * x[partner]);
-    } else {
-      m = x[k] > T(0) ? x[k] : -x[k];
-    }
+    const T m = n3_modulus(x, k, num_params, pairs);
     detail::add_to(op_param_grad + rel[e] * num_params + k, T(3) * coef * m * x[k]);
   }
 };

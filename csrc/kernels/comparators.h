@@ -107,6 +107,27 @@ PBG_HD void normalize_row_backward(const T* y, T inv_norm, T* g, int64_t d) {
   for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - y[k] * yg) * inv_norm;
 }
 
+// N3's m_k of a row of d: |x_k|, or with complex pairs the modulus of the pair that holds k
+// (x_k and its partner k +- d/2).
+template <typename T>
+PBG_HD T n3_modulus(const T* x, int64_t k, int64_t d, bool complex_pairs) {
+  if (!complex_pairs) return x[k] > T(0) ? x[k] : -x[k];
+  const int64_t h = d / 2, partner = k < h ? k + h : k - h;
+  return sqrt(x[k] * x[k] + x[partner] * x[partner]);
+}
+
+// N3's penalty alone (no gradient): coef * sum of m^3, each complex pair counted once.
+template <typename T>
+PBG_HD T n3_penalty(const T* x, int64_t d, T coef, bool complex_pairs) {
+  const int64_t n = complex_pairs ? d / 2 : d;
+  T total = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const T m = n3_modulus(x, k, d, complex_pairs);
+    total += m * m * m;
+  }
+  return coef * total;
+}
+
 // N3 regularizer (Lacroix et al. 2018, as PBG's "N3"): coef * sum_k m_k^3 over a row, where m_k
 // is the modulus of the complex pair (x_k, x_{k+D/2}) when `complex_pairs`, else |x_k|. Adds
 // its gradient (3 coef m_k x) to g and returns the penalty.
