@@ -73,7 +73,7 @@ def run_schedule(seed: int):
     def step(rank, finishing=False):
         t = ls.trainers[rank]
         trained = t.active if alive[rank] == "training" else None
-        if trained is None and t.held and (finishing or rng.random() < 0.3):
+        if trained is None and t.held and not finishing and rng.random() < 0.3:
             ls.release(rank, sorted(t.held))  # write back, give up
             return
         g = ls.acquire(rank, 0, trained=trained)
@@ -83,15 +83,24 @@ def run_schedule(seed: int):
             granted[b] = granted.get(b, 0) + 1
             assert [p for p, _ in g.tokens] == sorted(ls.parts(b))
             alive[rank] = "training"
-            # Partitions not needed by b go back now (as the trainer writes them back).
-            extra = sorted(ls.trainers[rank].held - ls.parts(b))
+            assert ls.parts(b) <= set(g.keep)  # b belongs to the group it may keep
+            # Partitions not needed by b go back now (as the trainer writes them back): all of
+            # them, or (as the trainer does) all but its group's.
+            extra = ls.trainers[rank].held - ls.parts(b)
+            if finishing or rng.random() < 0.5:
+                extra -= set(g.keep)
             if extra and rng.random() < 0.7:
-                ls.release(rank, extra)
+                ls.release(rank, sorted(extra))
         elif g.kind == "wait":
             alive[rank] = "idle"
-            held = sorted(ls.trainers[rank].held)
-            if held:
-                ls.release(rank, held)
+            # A waiter releases all but what it may keep (as the trainer does; always while
+            # finishing, so that the survivors' progress relies on `keep` never deadlocking),
+            # or everything.
+            keep = set(g.keep) if finishing or rng.random() < 0.8 else set()
+            out = ls.trainers[rank].held - keep
+            assert set(g.keep) <= ls.trainers[rank].held
+            if out:
+                ls.release(rank, sorted(out))
         elif g.kind == "done":
             alive[rank] = "idle"
         else:
@@ -331,3 +340,93 @@ def test_param_clients_add_up_their_changes():
     finally:
         servers.ROLES.clear()
         servers.SELF["name"] = ""
+
+
+
+def test_param_clients_take_the_mean_change_when_scaled():
+    """shared_param_merge 'mean': each of two clients pushes half its change, so the shard moves
+    by the mean of the two (a single trainer's step size, not twice it); an unscaled tensor
+    beside it (an optimizer state) still gets the sum."""
+    import torch
+
+    from pbg_fast.distributed import servers
+    servers.ROLES.clear()
+    servers.ROLES["params"] = servers.ParameterShard()
+    servers.SELF["name"] = "w0"
+    try:
+        clients = [servers.ParamClient(lambda n: "w0", interval=1, timeout=5) for _ in range(2)]
+        xs = [torch.zeros(3) for _ in range(2)]
+        states = [torch.zeros(3) for _ in range(2)]
+        for c, x, st in zip(clients, xs, states):
+            c.register("x", x, scale=0.5)
+            c.register("x_state", st)
+        xs[0] += 2.0
+        xs[1] += 4.0
+        states[0] += 1.0
+        states[1] += 1.0
+        for c in clients + clients:
+            c.sync()
+        for x, st in zip(xs, states):
+            assert torch.equal(x, torch.full((3,), 3.0))  # (2 + 4) / 2
+            assert torch.equal(st, torch.full((3,), 2.0))  # 1 + 1
+    finally:
+        servers.ROLES.clear()
+        servers.SELF["name"] = ""
+
+
+def test_most_at_once():
+    from pbg_fast.distributed.lock_server import most_at_once
+    assert most_at_once(4, 4) == 2 and most_at_once(5, 5) == 3 and most_at_once(8, 8) == 4
+    assert most_at_once(4, 1) == 4 and most_at_once(1, 3) == 3 and most_at_once(1, 1) == 1
+
+def lockstep(nparts: int, ntrainers: int):
+    """Trainers that follow the distributed trainer's protocol (keep what `keep` allows,
+    release the rest) and train one bucket per step, all at the same pace. Returns the loads
+    (partitions fetched) and the buckets of each trainer, and the "wait" answers."""
+    ls = LockServer(nparts, nparts, lease_seconds=5, clock=Clock())
+    buckets = [(l, r) for l in range(nparts) for r in range(nparts)]
+    ls.start_iteration(0, buckets)
+    active = {r: None for r in range(ntrainers)}
+    loads = {r: 0 for r in range(ntrainers)}
+    waits = 0
+    trained = {r: [] for r in range(ntrainers)}
+    for _ in range(10 * len(buckets)):
+        for r in range(ntrainers):
+            before = set(ls.trainers[r].held) if r in ls.trainers else set()
+            g = ls.acquire(r, 0, trained=active[r])
+            active[r] = None
+            held = ls.trainers[r].held
+            if g.kind == "bucket":
+                loads[r] += len(ls.parts(g.bucket) - before)
+                out = held - ls.parts(g.bucket) - set(g.keep)
+                active[r] = g.bucket
+                trained[r].append(g.bucket)
+            else:
+                waits += g.kind == "wait"
+                out = held - set(g.keep)
+            if out:
+                ls.release(r, sorted(out))
+        if len(ls.done) == len(buckets):
+            break
+    assert ls.done == set(buckets) and ls.grants == len(buckets)
+    return loads, waits, trained
+
+
+def test_two_trainers_swap_one_partition_per_round():
+    """At P = 4 two trainers at the same pace train the three rounds of disjoint pairs: each
+    loads its first pair, then one partition per round change (8 loads in all, where greedy
+    bucket-by-bucket grants made about 12), and each trains half of the buckets."""
+    loads, waits, trained = lockstep(4, 2)
+    assert loads == {0: 4, 1: 4}, loads  # 2 to start, 1 at each of the 2 round changes
+    # In lockstep one trainer asks before the other gave its partition back: at most one
+    # "wait" each per round change.
+    assert waits <= 4, waits
+    assert [len(bs) for bs in trained.values()] == [8, 8]
+
+
+@pytest.mark.parametrize("nparts,ntrainers", [(8, 2), (8, 4), (5, 2), (6, 3), (3, 2)])
+def test_group_schedules_finish_without_deadlock(nparts, ntrainers):
+    loads, _, trained = lockstep(nparts, ntrainers)
+    assert sum(map(len, trained.values())) == nparts * nparts
+    # Fewer loads than buckets: groups keep their partitions between buckets.
+    assert sum(loads.values()) < nparts * nparts

@@ -46,7 +46,7 @@ from ..io.files import load_edges
 from ..train.partition_buffer import CheckpointTier, PartitionBuffer
 from ..train.schedule import bucket_order
 from ..train.trainer import Model, Trainer
-from .lock_server import LockServer
+from .lock_server import LockServer, most_at_once
 from .servers import (ROLES, SELF, DistributedError, ParamClient, ParameterShard,
                       PartitionServer, call)
 
@@ -485,11 +485,17 @@ class DistributedTrainer(Trainer):
         """Relation operators, global embeddings and unpartitioned types' tables (loaded whole by
         the buffer), with their Adagrad states, become shared parameters."""
         c = self.config
+        # Dense parameters, which every trainer changes everywhere: their mean change (or sum).
+        scale = 1.0
+        if c.shared_param_merge == "mean":
+            scale = 1.0 / min(c.num_machines, most_at_once(c.side_partitions("lhs"),
+                                                            c.side_partitions("rhs")))
         for i, rp in enumerate(model.relations):
-            for attr in ("rhs", "rhs_state", "lhs", "lhs_state"):
-                params.register(f"relations/{i}/{attr}", getattr(rp, attr))
+            for attr in ("rhs", "lhs"):
+                params.register(f"relations/{i}/{attr}", getattr(rp, attr), scale)
+                params.register(f"relations/{i}/{attr}_state", getattr(rp, f"{attr}_state"))
         for e, (v, s) in model.global_embs.items():
-            params.register(f"global/{e}", v)
+            params.register(f"global/{e}", v, scale)
             params.register(f"global/{e}/state", s)
         for e in c.entities:
             if e not in self.partitioned:
@@ -523,10 +529,13 @@ class DistributedTrainer(Trainer):
             if g.kind == "done":
                 return recs
             if g.kind == "wait":
-                held = [k for k in buffer.resident if k[0] in self.partitioned]
-                if held:  # give everything back, so that no two trainers wait on each other
-                    buffer.drop(held)
-                    self._release(sorted(self._lock_parts(held)))
+                # Give back all but what the lock server lets it keep for the group it waits
+                # for, so that no two trainers wait on each other's partitions.
+                out = [k for k in buffer.resident if k[0] in self.partitioned
+                       and k[1] not in g.keep]
+                if out:
+                    buffer.drop(out)
+                    self._release(sorted(self._lock_parts(out)))
                 if g.progress != seen_progress:  # others train: waiting is fine
                     seen_progress = g.progress
                     deadline = time.monotonic() + c.distributed_timeout
@@ -544,7 +553,9 @@ class DistributedTrainer(Trainer):
             self.tier.tokens.update(dict(g.tokens))
             i = buffer.append((lp, rp))
             needed = buffer.plan[i]
-            out = [k for k in buffer.resident if k[0] in self.partitioned and k not in needed]
+            # What the bucket does not need goes back, but for the rest of its group's.
+            out = [k for k in buffer.resident if k[0] in self.partitioned and k not in needed
+                   and k[1] not in g.keep]
             if out:
                 buffer.drop(out)
                 free = self._lock_parts(out) - self._lock_parts(needed)

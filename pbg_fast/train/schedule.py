@@ -165,3 +165,17 @@ def count_loads(buckets: Sequence[Bucket], capacity: int, lhs_partitioned: bool 
             resident.add(q)
             loads += 1
     return loads
+
+
+def pair_rounds(nparts: int) -> List[List[Tuple[int, ...]]]:
+    """Rounds of disjoint partition pairs covering every pair once (the circle method of a
+    round-robin tournament): nparts - 1 rounds of nparts / 2 pairs (an odd count gets a bye:
+    the partition left over sits out, and appears as a 1-tuple). With one trainer per pair,
+    a round's trainers never want the same partition, and going from one round to the next
+    each trainer keeps one of its two partitions."""
+    q = nparts + (nparts & 1)
+    rounds = []
+    for k in range(q - 1):
+        pairs = [(k, q - 1)] + [((k + i) % (q - 1), (k - i) % (q - 1)) for i in range(1, q // 2)]
+        rounds.append([tuple(sorted(p for p in pair if p < nparts)) for pair in pairs])
+    return rounds
