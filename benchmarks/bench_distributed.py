@@ -5,7 +5,8 @@
 A planted-community graph (default 100k nodes, ~1M edges, 95/5 train/test), P=4, d=100, a
 diagonal operator (a shared parameter), dot, softmax, 50 + 50 negatives, imported once; then, one after the other:
   single   1 machine x 1 worker: the single-machine trainer (workers=1, inside_out order)
-  single_affinity  the same in the affinity order (what the lock server's grants amount to)
+  single_affinity  the same in the affinity order (an order that keeps a partition from one
+           bucket to the next, as the lock server's groups of buckets do)
   dist2    2 machines x 1 worker each: two `pbg-fast train --rank R` processes over loopback
            (torch.distributed RPC), partitions served by the trainers (num_partition_servers=-1)
 Reports wall-clock edges/s (all edges of all epochs over the training's wall time, from the
@@ -109,6 +110,8 @@ def main():
     ap.add_argument("--operator", default="diagonal",
                     help="the relation operator (diagonal: a shared parameter to sync; none: "
                          "nothing shared, to tell the order's and the sync's share of an MRR gap)")
+    ap.add_argument("--merge", default="mean", choices=("mean", "sum"),
+                    help="shared_param_merge of the distributed run (sum: PBG's)")
     a = ap.parse_args()
     nodes = a.nodes or (20_000 if a.quick else 100_000)
     epochs = a.epochs or (3 if a.quick else 5)
@@ -132,14 +135,16 @@ def main():
                 if line.startswith("model name")), "unknown")
     setup = dict(nodes=nodes, train_edges=len(train_rows), test_edges=len(test_rows),
                  parts=parts, dim=dim, epochs=epochs, operator=a.operator,
-                 param_sync_interval=a.param_sync_interval, cpu=cpu)
+                 param_sync_interval=a.param_sync_interval, shared_param_merge=a.merge,
+                 cpu=cpu)
     emit(dict(what="distributed_setup", **setup))
-    # The lock server grants the bucket that reuses what a trainer holds: an affinity order.
-    # With a relation operator the order alone moves MRR by about 0.01 on this graph, so the
-    # single machine also trains in that order, for a like-for-like quality comparison.
+    # The lock server grants groups of buckets that keep a partition from one bucket to the
+    # next; the single machine also trains in such an order (affinity), for a like-for-like
+    # quality comparison.
     runs = [("single", dict(train_cfg)),
             ("single_affinity", dict(train_cfg, bucket_order="affinity")),
             ("dist2", dict(train_cfg, num_machines=2, num_partition_servers=-1,
+                           shared_param_merge=a.merge,
                            **({"param_sync_interval": a.param_sync_interval}
                               if a.param_sync_interval else {})))]
     # Rounds of all three, one after the other, so that the box's noise hits each alike; the

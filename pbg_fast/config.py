@@ -141,6 +141,13 @@ class ConfigSchema:
         "Seconds between a trainer's background syncs of the shared parameters (relation "
         "operators, global embeddings, unpartitioned entity types) with the parameter "
         "server.", default=0.5)
+    shared_param_merge: str = _help(
+        "How the parameter server combines the trainers' changes to the dense shared "
+        "parameters (relation operators, global embeddings): 'mean' divides each trainer's "
+        "change by the number of trainers that can train at once, as data-parallel training "
+        "averages gradients; 'sum' adds every change in full, as PyTorch-BigGraph does, which "
+        "acts as that many times the learning rate on them. Optimizer states and unpartitioned "
+        "entity tables (sparse rows) are always summed.", default="mean")
     num_gpus: int = _help("GPUs to train on.", default=0)
     num_groups_for_partition_server: int = _help("torch.distributed groups for partition servers.",
                                                  default=16)
@@ -173,6 +180,7 @@ class ConfigSchema:
                       "num_groups_for_partition_server", "half_precision",
                       "partition_buffer_size", "partition_buffer_memory_gb", "partition_io",
                       "distributed_timeout", "distributed_lease", "param_sync_interval",
+                      "shared_param_merge",
                       "matmul_precision")
 
     def to_pbg_dict(self) -> Dict[str, Any]:
@@ -393,6 +401,7 @@ def validate(c: ConfigSchema) -> ConfigSchema:
     for key in ("distributed_timeout", "distributed_lease", "param_sync_interval"):
         if not getattr(c, key) > 0:
             raise ConfigError(f"{key}: must be positive, got {getattr(c, key)}")
+    _choice(c.shared_param_merge, ("mean", "sum"), "shared_param_merge")
     if c.num_gpus not in (0, 1):
         raise ConfigError(f"num_gpus: 0 (CPU) or 1 (the GPU trainer); several GPUs are not "
                           f"supported yet, got {c.num_gpus}")

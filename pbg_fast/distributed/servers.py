@@ -223,14 +223,16 @@ class ParameterShard:
 
 class ParamClient:
     """Keeps local tensors in sync with the parameter shards: each sync pushes what changed
-    locally since the last one and takes the shard's sum, keeping changes made meanwhile (the
-    training threads update the tensors in place, HOGWILD, as PBG's do)."""
+    locally since the last one (scaled, for a mean over the trainers) and takes the shard's sum,
+    keeping changes made meanwhile (the training threads update the tensors in place, HOGWILD,
+    as PBG's do)."""
 
     def __init__(self, owner_of: Callable[[str], str], interval: float, timeout: float):
         self.owner_of = owner_of
         self.interval = interval
         self.timeout = timeout
         self.tensors: Dict[str, torch.Tensor] = {}
+        self.scales: Dict[str, float] = {}
         self.last: Dict[str, torch.Tensor] = {}
         self.bytes = 0
         self.syncs = 0
@@ -240,13 +242,16 @@ class ParamClient:
         self._thread: Optional[threading.Thread] = None
         self._mutex = threading.Lock()  # one sync at a time (thread and final sync)
 
-    def register(self, name: str, t: torch.Tensor) -> None:
-        """Shares `t` as `name`: takes the shard's value (the first registrant's)."""
+    def register(self, name: str, t: torch.Tensor, scale: float = 1.0) -> None:
+        """Shares `t` as `name`: takes the shard's value (the first registrant's). Each sync
+        pushes the local change times `scale` (1 / the trainers training at once: the shard
+        then moves by the trainers' mean change)."""
         if not t.numel():
             return
         v = call(self.owner_of(name), "params", "init", name, t, timeout=self.timeout)
         t.copy_(v.reshape(t.shape))
         self.tensors[name] = t
+        self.scales[name] = scale
         self.last[name] = v.reshape(t.shape).clone()
 
     def sync(self) -> None:
@@ -254,8 +259,11 @@ class ParamClient:
             t0 = time.perf_counter()
             for name, t in self.tensors.items():
                 snap = t.clone()
-                new = call(self.owner_of(name), "params", "push_pull", name,
-                           snap - self.last[name], timeout=self.timeout).reshape(t.shape)
+                delta = snap - self.last[name]
+                if self.scales[name] != 1.0:
+                    delta.mul_(self.scales[name])
+                new = call(self.owner_of(name), "params", "push_pull", name, delta,
+                           timeout=self.timeout).reshape(t.shape)
                 t.add_(new - snap)
                 self.last[name] = new
                 self.bytes += 2 * t.nbytes
