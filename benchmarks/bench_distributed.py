@@ -97,6 +97,30 @@ def run(cfg: dict, work: Path, name: str) -> dict:
     return out
 
 
+def run_pair(cfg: dict, work: Path) -> dict:
+    """Two independent single-machine trainings at once (no distribution at all): how much
+    two processes slow each other's bucket op on this box by themselves."""
+    procs, ckpts = [], []
+    for i in range(2):
+        ckpt = work / f"ck_pair{i}"
+        shutil.rmtree(ckpt, ignore_errors=True)
+        path = work / f"pair{i}.json"
+        path.write_text(json.dumps(dict(cfg, checkpoint_path=str(ckpt))))
+        procs.append(subprocess.Popen([sys.executable, "-m", "pbg_fast", "train", str(path),
+                                       "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+        ckpts.append(ckpt)
+    rates = []
+    for i, (p, ckpt) in enumerate(zip(procs, ckpts)):
+        _, err = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"pair{i}: {err[-3000:]}")
+        stats = [json.loads(line) for line in open(CheckpointManager(str(ckpt)).stats_file())]
+        buckets = [s for s in stats if s["kind"] == "bucket"]
+        rates.append(sum(b["count"] for b in buckets) / sum(b["seconds"] for b in buckets))
+    return dict(run="pair", bucket_op_edges_per_s=statistics.mean(rates))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -110,6 +134,10 @@ def main():
     ap.add_argument("--operator", default="diagonal",
                     help="the relation operator (diagonal: a shared parameter to sync; none: "
                          "nothing shared, to tell the order's and the sync's share of an MRR gap)")
+    ap.add_argument("--pair", action="store_true",
+                    help="also two independent single-machine trainings at once, each round: "
+                         "their bucket op's rate against the single machine's (the slowdown "
+                         "of two processes on this box without any distribution)")
     ap.add_argument("--merge", default="mean", choices=("mean", "sum"),
                     help="shared_param_merge of the distributed run (sum: PBG's)")
     a = ap.parse_args()
@@ -150,7 +178,12 @@ def main():
     # Rounds of all three, one after the other, so that the box's noise hits each alike; the
     # summary takes each run's median wall-clock edges/s.
     results = {name: [] for name, _ in runs}
+    pair_rates = []
     for rnd in range(a.rounds):
+        if a.pair:
+            res = run_pair(train_cfg, work)
+            pair_rates.append(res["bucket_op_edges_per_s"])
+            emit(dict(what="distributed_train", round=rnd, **setup, **res))
         for name, cfg in runs:
             if "num_machines" in cfg:
                 cfg = dict(cfg, distributed_init_method=f"tcp://127.0.0.1:{free_port()}")
@@ -187,7 +220,13 @@ def main():
               # machine's wall-clock rate. On a box where two processes slow each other's bucket
               # op (shared L3 and memory bandwidth) this bounds the speedup below 2x.
               speedup_bound_no_overhead=(2 * med("dist2", "bucket_op_edges_per_s") /
-                                         med("single", "wall_edges_per_s"))))
+                                         med("single", "wall_edges_per_s")),
+              # each process's bucket op beside another, over the single machine's: two
+              # independent trainings (pair) and the distributed run's two trainers (dist2)
+              **({"pair_op_vs_single": statistics.median(pair_rates) /
+                  med("single", "bucket_op_edges_per_s")} if pair_rates else {}),
+              dist2_op_vs_single=(med("dist2", "bucket_op_edges_per_s") /
+                                  med("single", "bucket_op_edges_per_s"))))
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
