@@ -91,6 +91,14 @@ def run(cfg: dict, work: Path, name: str) -> dict:
                                      if s["kind"] == "iteration" and s.get("rank") is not None),
                    idle_seconds=sum(s["idle_seconds"] for s in stats
                                     if s["kind"] == "iteration" and s.get("rank") is not None),
+                   # the trainers' time beside the bucket op, by phase, as a share of both
+                   # trainers' wall time (lock-server answers, write-backs, loads, edge reads,
+                   # the numerics guard, "wait" answers)
+                   phase_shares={k: sum(s.get(f"{k}_seconds", 0.0) for s in stats
+                                        if s["kind"] == "iteration" and s.get("rank") is not None)
+                                 / (m * train_wall)
+                                 for k in ("lock", "write_back", "load", "edges", "check",
+                                           "idle")},
                    commit_seconds=sum(t["seconds"] for t in iters) - sum(
                        s["seconds"] for s in stats if s["kind"] == "iteration"
                        and s.get("rank") == 0))
@@ -215,6 +223,9 @@ def main():
               idle_seconds=med("dist2", "idle_seconds"),
               commit_seconds=med("dist2", "commit_seconds"),
               dist2_bucket_op_share=med("dist2", "bucket_op_share"),
+              dist2_phase_shares={k: statistics.median(r["phase_shares"][k]
+                                                       for r in results["dist2"])
+                                  for k in results["dist2"][0]["phase_shares"]},
               # What dist2 would reach with no waits, transfers or commits at all: both
               # processes' bucket ops (each as fast as it runs beside the other) over the single
               # machine's wall-clock rate. On a box where two processes slow each other's bucket

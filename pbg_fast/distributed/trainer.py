@@ -434,7 +434,8 @@ class DistributedTrainer(Trainer):
                            param_bytes=params.bytes - p_start[0],
                            param_syncs=params.syncs - p_start[1],
                            param_seconds=params.seconds - p_start[2],
-                           idle_seconds=self.idle_seconds)
+                           idle_seconds=self.idle_seconds,
+                           **{f"{k}_seconds": v for k, v in self.phase_seconds.items()})
                 rec["edges_per_s"] = rec["count"] / max(rec["train_seconds"], 1e-9)
                 self._lock("finish_iteration", self.rank, it, [rec])
                 if self.rank == 0:
@@ -516,12 +517,18 @@ class DistributedTrainer(Trainer):
         recs = []
         seen_progress = None
         self.idle_seconds = 0.0  # asleep between "wait" answers of the lock server
+        # Where the iteration's time goes beside the bucket op (seconds): the lock server's
+        # answers, partition write-backs and loads, edge reads, the numerics guard.
+        ph = self.phase_seconds = dict(lock=0.0, write_back=0.0, load=0.0, edges=0.0, check=0.0)
+        clock = time.perf_counter
         trained = record = None
         deadline = time.monotonic() + c.distributed_timeout
         delay = 0.002
         while True:
             self._check_lease()
+            t0 = clock()
             g = self._lock("acquire", self.rank, it, trained, record)
+            ph["lock"] += clock() - t0
             trained = record = None
             if g.kind == "expired":
                 self.lease_lost.set()
@@ -534,8 +541,12 @@ class DistributedTrainer(Trainer):
                 out = [k for k in buffer.resident if k[0] in self.partitioned
                        and k[1] not in g.keep]
                 if out:
+                    t0 = clock()
                     buffer.drop(out)
+                    t1 = clock()
                     self._release(sorted(self._lock_parts(out)))
+                    ph["write_back"] += t1 - t0
+                    ph["lock"] += clock() - t1
                 if g.progress != seen_progress:  # others train: waiting is fine
                     seen_progress = g.progress
                     deadline = time.monotonic() + c.distributed_timeout
@@ -556,14 +567,22 @@ class DistributedTrainer(Trainer):
             # What the bucket does not need goes back, but for the rest of its group's.
             out = [k for k in buffer.resident if k[0] in self.partitioned and k not in needed
                    and k[1] not in g.keep]
+            t0 = clock()
             if out:
                 buffer.drop(out)
                 free = self._lock_parts(out) - self._lock_parts(needed)
+                t1 = clock()
+                ph["write_back"] += t1 - t0
                 if free:
                     self._release(sorted(free))
+                ph["lock"] += clock() - t1
             io_before = buffer.stats.snapshot()
+            t0 = clock()
             buffer.acquire(i)
+            t1 = clock()
             edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
+            ph["load"] += t1 - t0
+            ph["edges"] += clock() - t1
             edges["path"] = str(Path(edge_path) / f"edges_{lp}_{rp}.h5")
             holdout_seed = zlib.crc32(f"{self.seed}:{path_idx}:{chunk_idx}:{lp}:{rp}".encode())
             faults.point("dist.bucket")
@@ -571,8 +590,10 @@ class DistributedTrainer(Trainer):
             stats = self._train_bucket(buffer, model, edges, lp, rp, relation_lr,
                                        seed=self.seed * 1_000_003 + it * 1009 + lp * 131 + rp,
                                        holdout_seed=holdout_seed)
+            t0 = clock()
             self._check_finite(buffer, model, needed, stats, epoch, edge_path, chunk_idx,
                                (lp, rp), version=it, has_weights=edges["weight"] is not None)
+            ph["check"] += clock() - t0
             buffer.release(i)
             io = buffer.stats.since(io_before)
             rec = dict(kind="bucket", rank=self.rank, epoch=epoch, edge_path=path_idx,
