@@ -36,7 +36,8 @@ A trainer's life in an iteration:
   about 23. A new claim prefers a group that is grantable now (and wants nothing a waiting
   trainer waits for), then the fewest loads, then the earliest round.
 - Waiting: with no bucket grantable, a trainer claims the group it would take next (when
-  there is one left unclaimed) and gets "wait" with `keep`: the partitions of that group it
+  there is one left unclaimed), which stays its claim while it waits unless another group
+  becomes grantable first, and gets "wait" with `keep`: the partitions of that group it
   holds and no other waiting trainer's claim needs. It must release everything else. A
   waiter's kept partitions are never wanted by the claims of those that asked after it, so
   waiters never wait on each other in a cycle: the last of them to ask releases what the
@@ -328,11 +329,14 @@ class LockServer:
         return any(self.holder.get(p, rank) != rank for p in ps)
 
     def _next_group(self, rank: int, t: _Trainer) -> Optional[Group]:
-        """The group rank trains next: its claim while that has buckets left; else the unclaimed
-        group with buckets left that is grantable now and wants no partition a waiting trainer
-        waits for, then needs the fewest loads, then is of the earliest round, then comes first
-        in the order."""
-        if t.claim is not None and any(b in self.todo for b in self.members[t.claim]):
+        """The group rank trains next: its claim while that has buckets left and is grantable
+        now; else the unclaimed group with buckets left that is grantable now and wants no
+        partition a waiting trainer waits for, then needs the fewest loads, then is of the
+        earliest round, then comes first in the order; else (nothing grantable) its claim while
+        that has buckets left, so that a waiter's claim changes only to a group granted at
+        once (it stops waiting)."""
+        keep_claim = t.claim is not None and any(b in self.todo for b in self.members[t.claim])
+        if keep_claim and not self._blocked(rank, t.claim):
             return t.claim
         claimed = {o.claim for r, o in self.trainers.items() if r != rank}
         wanted = self._wanted_by_waiters(rank)
@@ -345,6 +349,8 @@ class LockServer:
                    self.round[g], min(left))
             if best_key is None or key < best_key:
                 best, best_key = g, key
+        if keep_claim and (best is None or best_key[0]):
+            return t.claim  # blocked, and nothing grantable now elsewhere: wait for it
         return best
 
     def _choose(self, rank: int, t: _Trainer) -> Optional[Bucket]:
