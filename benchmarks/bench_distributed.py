@@ -94,6 +94,10 @@ def run(cfg: dict, work: Path, name: str) -> dict:
                    # the trainers' time beside the bucket op, by phase, as a share of both
                    # trainers' wall time (lock-server answers, write-backs, loads, edge reads,
                    # the numerics guard, "wait" answers)
+                   transfer_seconds=sum(s.get("load_seconds", 0.0) +
+                                        s.get("write_back_seconds", 0.0) for s in stats
+                                        if s["kind"] == "iteration"
+                                        and s.get("rank") is not None),
                    phase_shares={k: sum(s.get(f"{k}_seconds", 0.0) for s in stats
                                         if s["kind"] == "iteration" and s.get("rank") is not None)
                                  / (m * train_wall)
@@ -220,6 +224,11 @@ def main():
               mrr_delta_same_order=med("dist2", "test_mrr") - med("single_affinity", "test_mrr"),
               bytes_per_transfer_vs_partition=med("dist2", "bytes_per_transfer_vs_partition"),
               param_bytes_per_epoch=med("dist2", "param_bytes") / epochs,
+              # the trainers' waits for partition loads and write-backs, per partition moved
+              seconds_per_transfer=statistics.median(
+                  r["transfer_seconds"] / max(r["partition_transfers"], 1)
+                  for r in results["dist2"]),
+              param_seconds_per_epoch=med("dist2", "param_seconds") / epochs,
               idle_seconds=med("dist2", "idle_seconds"),
               commit_seconds=med("dist2", "commit_seconds"),
               dist2_bucket_op_share=med("dist2", "bucket_op_share"),
