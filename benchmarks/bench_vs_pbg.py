@@ -1,6 +1,7 @@
 """pbg_fast against PyTorch-BigGraph 1.0 itself, same graph, same config, same run.
 
     python benchmarks/bench_vs_pbg.py --peer-python .peer-venv/bin/python [--nodes N --edges E]
+        [--precisions fp32,bf16]
 
 Both train one epoch of a synthetic power-law graph written once in PBG's layout (d=100, dot,
 softmax, 50 in-chunk + 50 uniform negatives, batch 1000, 2 workers, hogwild_delay 0,
@@ -27,6 +28,9 @@ def main():
     ap.add_argument("--peer-python", required=True)
     ap.add_argument("--nodes", type=int, default=1_000_000)
     ap.add_argument("--edges", type=int, default=2_000_000)
+    ap.add_argument("--precisions", default="fp32",
+                    help="pbg_fast's matmul_precision, one run each after PBG's, comma-separated "
+                         "(bf16: where the CPU has AVX512-BF16)")
     ap.add_argument("--fb15k237-epochs", type=int, default=0,
                     help="instead: PBG's FB15k config on FB15k-237 for this many epochs")
     a = ap.parse_args()
@@ -48,12 +52,16 @@ def main():
     else:
         ent, edges = make_graph(work, a.nodes, a.edges, 1)
     results = {}
-    for name in ("pbg", "pbg_fast"):
+    precisions = a.precisions.split(",")
+    runs = [("pbg", None)] + [("pbg_fast", p) for p in precisions]
+    for name, precision in runs:
         if a.fb15k237_epochs:
             cfg = dict(base_dict, checkpoint_path=str(work / f"ck_{name}"))
         else:
             cfg = config(ent, edges, str(work / f"ck_{name}"), 1)
         cfg.update(hogwild_delay=0)
+        if precision is not None:
+            cfg.update(matmul_precision=precision)
         cfg_file = work / f"{name}_config.py"
         cfg_file.write_text("def get_torchbiggraph_config():\n    return " + repr(cfg) + "\n")
         cmd = ([a.peer_python, "-m", "torchbiggraph.train", str(cfg_file)] if name == "pbg" else
@@ -73,12 +81,15 @@ def main():
         else:
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             train_rate = rec["edges_per_s"]
-        results[name] = (wall, train_rate)
-        emit(dict(what="vs_pbg", trainer=name, nodes=a.nodes, edges=a.edges, wall_s=wall,
-                  wall_edges_per_s=a.edges / wall, training_edges_per_s=train_rate))
-    (w_pbg, r_pbg), (w_ours, r_ours) = results["pbg"], results["pbg_fast"]
-    emit(dict(what="vs_pbg_ratio", speedup_wall=w_pbg / w_ours,
-              speedup_training=(r_ours / r_pbg) if r_pbg else None))
+        results[precision] = (wall, train_rate)
+        emit(dict(what="vs_pbg", trainer=name, matmul_precision=precision, nodes=a.nodes,
+                  edges=a.edges, wall_s=wall, wall_edges_per_s=a.edges / wall,
+                  training_edges_per_s=train_rate))
+    w_pbg, r_pbg = results[None]
+    for p in precisions:
+        w_ours, r_ours = results[p]
+        emit(dict(what="vs_pbg_ratio", matmul_precision=p, speedup_wall=w_pbg / w_ours,
+                  speedup_training=(r_ours / r_pbg) if r_pbg else None))
 
 
 if __name__ == "__main__":
