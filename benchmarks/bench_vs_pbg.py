@@ -55,10 +55,11 @@ def main():
     precisions = a.precisions.split(",")
     runs = [("pbg", None)] + [("pbg_fast", p) for p in precisions]
     for name, precision in runs:
+        ck = str(work / f"ck_{name}{'_' + precision if precision else ''}")  # a fresh run each
         if a.fb15k237_epochs:
-            cfg = dict(base_dict, checkpoint_path=str(work / f"ck_{name}"))
+            cfg = dict(base_dict, checkpoint_path=ck)
         else:
-            cfg = config(ent, edges, str(work / f"ck_{name}"), 1)
+            cfg = config(ent, edges, ck, 1)
         cfg.update(hogwild_delay=0)
         if precision is not None:
             cfg.update(matmul_precision=precision)
