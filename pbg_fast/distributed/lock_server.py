@@ -38,10 +38,10 @@ A trainer's life in an iteration:
 - Waiting: with no bucket grantable, a trainer claims the group it would take next (when
   there is one left unclaimed), which stays its claim while it waits unless another group
   becomes grantable first, and gets "wait" with `keep`: the partitions of that group it
-  holds and no other waiting trainer's claim needs. It must release everything else. A
-  waiter's kept partitions are never wanted by the claims of those that asked after it, so
-  waiters never wait on each other in a cycle: the last of them to ask releases what the
-  others want.
+  holds and no other waiting trainer's claim needs, recomputed at each of its polls. It must
+  release everything else. So waiters give way to each other: once every waiter has polled,
+  each one's claim is held by itself, by nobody, or by a trainer still training (which will
+  ask again), and the next waiter to poll gets its bucket: no cycle of waiters forms.
 """
 
 import threading
@@ -56,8 +56,10 @@ Group = Tuple[int, ...]  # the sorted partitions a group's buckets lock
 
 
 def most_at_once(nparts_lhs: int, nparts_rhs: int) -> int:
-    """How many trainers can train at once: as many as there are partitions when one side is
-    partitioned, one per pair (a group) when both are, one when neither is."""
+    """How many trainers the group schedule keeps busy at once: one per group of a round (a
+    pair) when both sides are partitioned, one per partition when one side is, one when
+    neither is. Approximate: a diagonal bucket locks one partition, so a few more may train
+    at times, and fewer do while some wait."""
     lhs, rhs = nparts_lhs > 1, nparts_rhs > 1
     if lhs and rhs:
         return (max(nparts_lhs, nparts_rhs) + 1) // 2
