@@ -18,7 +18,7 @@ export MAX_JOBS ?= 2
 export PBG_FAST_NATIVE ?= 1
 
 EXT := pbg_fast/_C$(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
-CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py csrc/BUILD.txt
 
 .PHONY: setup demo test bench check-cuda check-cuda-ext check-portable cmake-check peer clean
 
