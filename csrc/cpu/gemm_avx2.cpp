@@ -6,7 +6,14 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PBG_HAVE_AVX2_GEMM 1
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+// The kernel's code is pinned here, whatever the build's flags: generic tuning and no -fwrapv
+// (Python's CFLAGS carry it). GCC 12 allocates the 15 live ymm registers of the 6 x 16 tile
+// differently under -march=znver3's tuning or -fwrapv: it re-loads a B vector from L1 six
+// times per k step, or spills an accumulator through the stack. Measured on a Zen 3 (one
+// core, benchmarks/bench_ops.py's shapes): 62-71 GFLOP/s with the build's flags, 74-77 with
+// these.
+#pragma GCC target("avx2,fma,tune=generic")
+#pragma GCC optimize("no-wrapv")
 #include <immintrin.h>
 
 namespace {
