@@ -58,7 +58,9 @@ template <class V, int NV>
 inline void panel_rows(int64_t m, int64_t k, const float* a, int64_t a_row, int64_t a_col,
                        const float* panel, float* c, int64_t ldc, int64_t cols, float alpha,
                        float beta) {
-  constexpr int MR = V::MR;
+  // A one-vector panel holds half the accumulators per row: twice the rows (at most 16) keep
+  // as many FMA chains in flight as the full tile.
+  constexpr int MR = NV == 1 ? (2 * V::MR < 16 ? 2 * V::MR : 16) : V::MR;
   int64_t i = 0;
   for (; i + MR <= m; i += MR)
     micro_tile<V, MR, NV>(k, a + i * a_row, a_row, a_col, panel, c + i * ldc, ldc, cols, alpha,
