@@ -78,34 +78,24 @@ def run(cfg: dict, work: Path, name: str) -> dict:
                buckets_per_rank={str(r): sum(1 for b in buckets if b.get("rank", 0) == r)
                                  for r in range(m)})
     if m > 1:
-        loads = sum(s["partition_loads"] for s in stats if s["kind"] == "iteration"
-                    and s.get("rank") is not None)
-        writes = sum(s["partition_writes"] for s in stats if s["kind"] == "iteration"
-                     and s.get("rank") is not None)
-        moved = sum(s["bytes_read"] + s["bytes_written"] for s in stats
-                    if s["kind"] == "iteration" and s.get("rank") is not None)
-        out.update(partition_transfers=loads + writes, partition_bytes_moved=moved,
-                   param_bytes=sum(s["param_bytes"] for s in stats if s["kind"] == "iteration"
-                                   and s.get("rank") is not None),
-                   param_seconds=sum(s["param_seconds"] for s in stats
-                                     if s["kind"] == "iteration" and s.get("rank") is not None),
-                   idle_seconds=sum(s["idle_seconds"] for s in stats
-                                    if s["kind"] == "iteration" and s.get("rank") is not None),
+        ranks = [s for s in stats if s["kind"] == "iteration" and s.get("rank") is not None]
+
+        def total(key):  # summed over the trainers' iteration records
+            return sum(s.get(key, 0.0) for s in ranks)
+
+        out.update(partition_transfers=total("partition_loads") + total("partition_writes"),
+                   partition_bytes_moved=total("bytes_read") + total("bytes_written"),
+                   param_bytes=total("param_bytes"), param_seconds=total("param_seconds"),
+                   idle_seconds=total("idle_seconds"),
                    # the trainers' time beside the bucket op, by phase, as a share of both
                    # trainers' wall time (lock-server answers, write-backs, loads, edge reads,
                    # the numerics guard, "wait" answers)
-                   transfer_seconds=sum(s.get("load_seconds", 0.0) +
-                                        s.get("write_back_seconds", 0.0) for s in stats
-                                        if s["kind"] == "iteration"
-                                        and s.get("rank") is not None),
-                   phase_shares={k: sum(s.get(f"{k}_seconds", 0.0) for s in stats
-                                        if s["kind"] == "iteration" and s.get("rank") is not None)
-                                 / (m * train_wall)
+                   transfer_seconds=total("load_seconds") + total("write_back_seconds"),
+                   phase_shares={k: total(f"{k}_seconds") / (m * train_wall)
                                  for k in ("lock", "write_back", "load", "edges", "check",
                                            "idle")},
                    commit_seconds=sum(t["seconds"] for t in iters) - sum(
-                       s["seconds"] for s in stats if s["kind"] == "iteration"
-                       and s.get("rank") == 0))
+                       s["seconds"] for s in ranks if s["rank"] == 0))
     return out
 
 

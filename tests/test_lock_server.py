@@ -342,7 +342,6 @@ def test_param_clients_add_up_their_changes():
         servers.SELF["name"] = ""
 
 
-
 def test_param_clients_take_the_mean_change_when_scaled():
     """shared_param_merge 'mean': each of two clients pushes half its change, so the shard moves
     by the mean of the two (a single trainer's step size, not twice it); an unscaled tensor
@@ -378,6 +377,7 @@ def test_most_at_once():
     from pbg_fast.distributed.lock_server import most_at_once
     assert most_at_once(4, 4) == 2 and most_at_once(5, 5) == 3 and most_at_once(8, 8) == 4
     assert most_at_once(4, 1) == 4 and most_at_once(1, 3) == 3 and most_at_once(1, 1) == 1
+
 
 def lockstep(nparts: int, ntrainers: int):
     """Trainers that follow the distributed trainer's protocol (keep what `keep` allows,

@@ -359,13 +359,9 @@ class LockServer:
         t.claim = self._next_group(rank, t)
         if t.claim is None or self._blocked(rank, t.claim):
             return None
-        best, best_key = None, None
-        for b in self.members[t.claim]:
-            if b in self.todo:
-                key = (len(self.parts(b) - t.held), self.order[b])  # fewest loads, the order
-                if best_key is None or key < best_key:
-                    best, best_key = b, key
-        return best
+        left = [b for b in self.members[t.claim] if b in self.todo]
+        return min(left, key=lambda b: (len(self.parts(b) - t.held), self.order[b]),
+                   default=None)  # fewest loads, then the order
 
     def _keep(self, rank: int, t: _Trainer) -> Tuple[int, ...]:
         """What a waiting rank may keep: its claim's partitions it holds, but none that another

@@ -24,6 +24,7 @@ rank with an error. A restart with the same command resumes from the last commit
 nothing is committed but whole iterations.
 """
 
+import contextlib
 import logging
 import os
 import socket
@@ -510,6 +511,30 @@ class DistributedTrainer(Trainer):
     def _lock_parts(self, keys) -> Set[int]:
         return {p for e, p in keys if e in self.partitioned}
 
+    @contextlib.contextmanager
+    def _phase(self, name: str):
+        """Adds the block's seconds to phase_seconds[name]."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] += time.perf_counter() - t0
+
+    def _give_back(self, buffer: PartitionBuffer, keep: Sequence[int], needed=()) -> None:
+        """Writes back and releases the resident partitions that neither `needed` (the next
+        bucket's) nor `keep` (the partitions the lock server lets this trainer keep for its
+        group) holds."""
+        out = [k for k in buffer.resident if k[0] in self.partitioned and k not in needed
+               and k[1] not in keep]
+        if not out:
+            return
+        with self._phase("write_back"):
+            buffer.drop(out)
+        free = self._lock_parts(out) - self._lock_parts(needed)
+        if free:
+            with self._phase("lock"):
+                self._release(sorted(free))
+
     def _train_iteration(self, it, epoch, path_idx, chunk_idx, n_chunks, buffer, model,
                          relation_lr) -> List[dict]:
         c = self.config
@@ -519,16 +544,14 @@ class DistributedTrainer(Trainer):
         self.idle_seconds = 0.0  # asleep between "wait" answers of the lock server
         # Where the iteration's time goes beside the bucket op (seconds): the lock server's
         # answers, partition write-backs and loads, edge reads, the numerics guard.
-        ph = self.phase_seconds = dict(lock=0.0, write_back=0.0, load=0.0, edges=0.0, check=0.0)
-        clock = time.perf_counter
+        self.phase_seconds = dict(lock=0.0, write_back=0.0, load=0.0, edges=0.0, check=0.0)
         trained = record = None
         deadline = time.monotonic() + c.distributed_timeout
         delay = 0.002
         while True:
             self._check_lease()
-            t0 = clock()
-            g = self._lock("acquire", self.rank, it, trained, record)
-            ph["lock"] += clock() - t0
+            with self._phase("lock"):
+                g = self._lock("acquire", self.rank, it, trained, record)
             trained = record = None
             if g.kind == "expired":
                 self.lease_lost.set()
@@ -538,15 +561,7 @@ class DistributedTrainer(Trainer):
             if g.kind == "wait":
                 # Give back all but what the lock server lets it keep for the group it waits
                 # for, so that no two trainers wait on each other's partitions.
-                out = [k for k in buffer.resident if k[0] in self.partitioned
-                       and k[1] not in g.keep]
-                if out:
-                    t0 = clock()
-                    buffer.drop(out)
-                    t1 = clock()
-                    self._release(sorted(self._lock_parts(out)))
-                    ph["write_back"] += t1 - t0
-                    ph["lock"] += clock() - t1
+                self._give_back(buffer, g.keep)
                 if g.progress != seen_progress:  # others train: waiting is fine
                     seen_progress = g.progress
                     deadline = time.monotonic() + c.distributed_timeout
@@ -565,24 +580,12 @@ class DistributedTrainer(Trainer):
             i = buffer.append((lp, rp))
             needed = buffer.plan[i]
             # What the bucket does not need goes back, but for the rest of its group's.
-            out = [k for k in buffer.resident if k[0] in self.partitioned and k not in needed
-                   and k[1] not in g.keep]
-            t0 = clock()
-            if out:
-                buffer.drop(out)
-                free = self._lock_parts(out) - self._lock_parts(needed)
-                t1 = clock()
-                ph["write_back"] += t1 - t0
-                if free:
-                    self._release(sorted(free))
-                ph["lock"] += clock() - t1
+            self._give_back(buffer, g.keep, needed)
             io_before = buffer.stats.snapshot()
-            t0 = clock()
-            buffer.acquire(i)
-            t1 = clock()
-            edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
-            ph["load"] += t1 - t0
-            ph["edges"] += clock() - t1
+            with self._phase("load"):
+                buffer.acquire(i)
+            with self._phase("edges"):
+                edges = load_edges(edge_path, lp, rp, chunk_idx, n_chunks)
             edges["path"] = str(Path(edge_path) / f"edges_{lp}_{rp}.h5")
             holdout_seed = zlib.crc32(f"{self.seed}:{path_idx}:{chunk_idx}:{lp}:{rp}".encode())
             faults.point("dist.bucket")
@@ -590,10 +593,9 @@ class DistributedTrainer(Trainer):
             stats = self._train_bucket(buffer, model, edges, lp, rp, relation_lr,
                                        seed=self.seed * 1_000_003 + it * 1009 + lp * 131 + rp,
                                        holdout_seed=holdout_seed)
-            t0 = clock()
-            self._check_finite(buffer, model, needed, stats, epoch, edge_path, chunk_idx,
-                               (lp, rp), version=it, has_weights=edges["weight"] is not None)
-            ph["check"] += clock() - t0
+            with self._phase("check"):
+                self._check_finite(buffer, model, needed, stats, epoch, edge_path, chunk_idx,
+                                   (lp, rp), version=it, has_weights=edges["weight"] is not None)
             buffer.release(i)
             io = buffer.stats.since(io_before)
             rec = dict(kind="bucket", rank=self.rank, epoch=epoch, edge_path=path_idx,
