@@ -126,7 +126,10 @@ struct RowCoalescer {
     }
     // The rows are random accesses into big tables. Two passes: every row's state first (one
     // line each, prefetched far ahead, so many misses overlap), then the rows themselves
-    // (prefetched a few rows ahead, see gather_rows).
+    // (prefetched a few rows ahead, see gather_rows), last added first: the batch's last
+    // chunks gathered those rows most recently, so they are the likeliest still in cache
+    // before the stream of older rows evicts them (bench: 1.025-1.04x the bucket op with 2
+    // workers on a Zen 3, no change with one).
     const size_t n = rows.size();
     scales.resize(n);
     constexpr size_t state_ahead = 32, row_ahead = 8;
@@ -139,9 +142,9 @@ struct RowCoalescer {
       const char* p = reinterpret_cast<const char*>(emb + rows[i] * dim);
       for (int64_t b = 0; b < dim * int64_t(sizeof(T)); b += 64) __builtin_prefetch(p + b, 1);
     };
-    for (size_t i = 0; i < std::min(row_ahead, n); ++i) prefetch(i);
-    for (size_t i = 0; i < n; ++i) {
-      if (i + row_ahead < n) prefetch(i + row_ahead);
+    for (size_t i = n; i-- > 0 && i + row_ahead >= n;) prefetch(i);
+    for (size_t i = n; i-- > 0;) {
+      if (i >= row_ahead) prefetch(i - row_ahead);
       row_adagrad_apply(emb + rows[i] * dim, grads[i], dim, scales[i]);
     }
   }
