@@ -139,6 +139,10 @@ inline void pack_panel(bool tb, int64_t k, const float* b, int64_t ldb, int64_t 
   }
 }
 
+// Measured on a Zen 3 (bench_ops.py, the linear operator's 100 x 100 x 1000 weight gradient):
+// 66% of the FMA peak unblocked, 74-75% at 128 or 256.
+constexpr int64_t kKBlock = 128;
+
 template <class V>
 inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                       const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
@@ -152,14 +156,24 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
     return;
   }
   const int64_t a_row = ta ? 1 : lda, a_col = ta ? lda : 1;
-  for (int64_t j0 = 0; j0 < n; j0 += NR) {
-    const int64_t cols = n - j0 < NR ? n - j0 : NR;
-    if (cols > L) {
-      pack_panel<NR>(tb, k, b, ldb, j0, cols, work);
-      panel_rows<V, 2>(m, k, a, a_row, a_col, work, c + j0, ldc, cols, alpha, beta);
-    } else {  // the last, narrow panel: one vector wide
-      pack_panel<L>(tb, k, b, ldb, j0, cols, work);
-      panel_rows<V, 1>(m, k, a, a_row, a_col, work, c + j0, ldc, cols, alpha, beta);
+  // k in equal blocks of at most kKBlock: a block's B panel and the A lines a tile reads stay
+  // in L1 (at k = 1000 the panel alone is 64 KiB on AVX2). Later blocks accumulate into C
+  // (beta = 1). The chunk step's k (the dimension, or a chunk's rows) is mostly one block.
+  const int64_t blocks = (k + kKBlock - 1) / kKBlock, kblk = (k + blocks - 1) / blocks;
+  for (int64_t p0 = 0; p0 < k; p0 += kblk) {
+    const int64_t kb = k - p0 < kblk ? k - p0 : kblk;
+    const float* ab = a + p0 * a_col;
+    const float* bb = tb ? b + p0 : b + p0 * ldb;
+    const float beta_b = p0 == 0 ? beta : 1.f;
+    for (int64_t j0 = 0; j0 < n; j0 += NR) {
+      const int64_t cols = n - j0 < NR ? n - j0 : NR;
+      if (cols > L) {
+        pack_panel<NR>(tb, kb, bb, ldb, j0, cols, work);
+        panel_rows<V, 2>(m, kb, ab, a_row, a_col, work, c + j0, ldc, cols, alpha, beta_b);
+      } else {  // the last, narrow panel: one vector wide
+        pack_panel<L>(tb, kb, bb, ldb, j0, cols, work);
+        panel_rows<V, 1>(m, kb, ab, a_row, a_col, work, c + j0, ldc, cols, alpha, beta_b);
+      }
     }
   }
 }
