@@ -85,6 +85,67 @@ inline void panel_rows(int64_t m, int64_t k, const float* a, int64_t a_row, int6
   }
 }
 
+// A narrow last panel (at most L/2 columns: n = 100 leaves 4 on AVX2) with op(A) read by rows:
+// each C element is a dot product over k of an A row and a B' row (bt: the panel's columns as
+// rows, stride ldbt), vectorised along k and summed across lanes at the end. Computing those
+// columns as a one-vector panel instead would spend a whole vector's FMAs per row and k step
+// on at most half a vector of useful lanes. R rows at a time, so that R x COLS independent
+// chains cover the FMA latency.
+template <class V, int COLS, int R>
+inline void narrow_dot_rows(int64_t i0, int64_t k, const float* a, int64_t lda, const float* bt,
+                            int64_t ldbt, float* c, int64_t ldc, float alpha, float beta) {
+  constexpr int L = V::L;
+  typename V::vec acc[R][COLS];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int j = 0; j < COLS; ++j) acc[r][j] = V::zero();
+  const float* ar = a + i0 * lda;
+  int64_t p = 0;
+  for (; p + L <= k; p += L) {
+    typename V::vec bv[COLS];
+#pragma GCC unroll 8
+    for (int j = 0; j < COLS; ++j) bv[j] = V::load(bt + j * ldbt + p);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const typename V::vec av = V::load(ar + r * lda + p);
+#pragma GCC unroll 8
+      for (int j = 0; j < COLS; ++j) acc[r][j] = V::fma(av, bv[j], acc[r][j]);
+    }
+  }
+  if (p < k) {
+    typename V::vec bv[COLS];
+#pragma GCC unroll 8
+    for (int j = 0; j < COLS; ++j) bv[j] = V::load_cols(bt + j * ldbt + p, k - p);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const typename V::vec av = V::load_cols(ar + r * lda + p, k - p);
+#pragma GCC unroll 8
+      for (int j = 0; j < COLS; ++j) acc[r][j] = V::fma(av, bv[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + (i0 + r) * ldc;
+#pragma GCC unroll 8
+    for (int j = 0; j < COLS; ++j) {
+      const float v = alpha * V::hsum(acc[r][j]);
+      cr[j] = beta == 0.f ? v : v + beta * cr[j];
+    }
+  }
+}
+
+template <class V, int COLS>
+inline void narrow_dots(int64_t m, int64_t k, const float* a, int64_t lda, const float* bt,
+                        int64_t ldbt, float* c, int64_t ldc, float alpha, float beta) {
+  // R x COLS accumulators, COLS B vectors and one A vector within the 16 AVX2 registers.
+  constexpr int R = COLS <= 2 ? 4 : 2;
+  int64_t i = 0;
+  for (; i + R <= m; i += R)
+    narrow_dot_rows<V, COLS, R>(i, k, a, lda, bt, ldbt, c, ldc, alpha, beta);
+  for (; i < m; ++i) narrow_dot_rows<V, COLS, 1>(i, k, a, lda, bt, ldbt, c, ldc, alpha, beta);
+}
+
 // dst[q * ldd + r] = src[r * lds + q] for an 8 x 8 block (AVX2: both targets have it).
 inline void transpose8(const float* src, int64_t lds, float* dst, int64_t ldd) {
   __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
@@ -170,6 +231,26 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
       if (cols > L) {
         pack_panel<NR>(tb, kb, bb, ldb, j0, cols, work);
         panel_rows<V, 2>(m, kb, ab, a_row, a_col, work, c + j0, ldc, cols, alpha, beta_b);
+      } else if (!ta && cols <= L / 2 && cols <= 8) {  // a few columns: dot products
+        const float* bt = bb + j0 * ldb;  // op(B)^T's rows: B's rows when tb
+        int64_t ldbt = ldb;
+        if (!tb) {  // op(B)[p, j] = B[p * ldb + j]: gather the columns as rows
+          for (int64_t jj = 0; jj < cols; ++jj)
+            for (int64_t p = 0; p < kb; ++p) work[jj * kb + p] = bb[p * ldb + j0 + jj];
+          bt = work;
+          ldbt = kb;
+        }
+        switch (cols) {
+#define PBG_NARROW(N)                                                                      \
+  case N:                                                                                  \
+    narrow_dots<V, N>(m, kb, ab, lda, bt, ldbt, c + j0, ldc, alpha, beta_b);              \
+    break;
+          PBG_NARROW(1) PBG_NARROW(2) PBG_NARROW(3) PBG_NARROW(4) PBG_NARROW(5) PBG_NARROW(6)
+          PBG_NARROW(7) PBG_NARROW(8)
+#undef PBG_NARROW
+          default:
+            break;
+        }
       } else {  // the last, narrow panel: one vector wide
         pack_panel<L>(tb, kb, bb, ldb, j0, cols, work);
         panel_rows<V, 1>(m, kb, ab, a_row, a_col, work, c + j0, ldc, cols, alpha, beta_b);
