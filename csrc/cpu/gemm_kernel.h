@@ -7,9 +7,11 @@
 //
 // C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major, any strides (unaligned rows,
 // odd sizes, k = 0, m or n = 0).
-//   * op(B) is packed once per call into panels of NR = 2 vectors (the last panel of width
-//     <= one vector uses a one-vector kernel), zero-padded, contiguous in k: one aligned-free
-//     stream per panel. `work` holds k * round_up(n, NR) floats.
+//   * k runs in equal blocks of at most kKBlock (one block at the chunk step's k); per block,
+//     op(B) is packed into panels of NR = 2 vectors (the last panel of width <= one vector
+//     uses a one-vector kernel, or, at most half a vector wide with op(A) read by rows, dot
+//     products along k), zero-padded, contiguous in k: one aligned-free stream per panel.
+//     `work` holds k * 2 vectors of floats.
 //   * op(A) is read in place: MR rows broadcast one element at a time, from A[i*lda + p]
 //     (N) or A[p*lda + i] (T, consecutive).
 //   * The micro-kernel keeps an MR x NV-vector tile of C in registers over the whole k
