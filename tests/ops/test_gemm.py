@@ -56,7 +56,10 @@ def operands(m, n, k, ta, tb, strided, beta, g):
 SHAPES = [(50, 100, 100), (1, 1, 1), (13, 37, 5), (12, 32, 7), (25, 33, 64), (7, 1, 9),
           (23, 17, 101), (31, 16, 1), (6, 8, 3), (100, 100, 50), (0, 5, 3), (5, 0, 3), (5, 3, 0),
           # k over one block (gemm_kernel.h's kKBlock): later blocks accumulate into C
-          (9, 20, 129), (17, 33, 300), (30, 100, 1000)]
+          (9, 20, 129), (17, 33, 300), (30, 100, 1000),
+          # a narrow last panel of every width the dot-product path has on AVX2 (<= 4 columns)
+          # and on AVX-512 (<= 8): 2 (n = 34, 50 on AVX2), 6 (n = 38), 7 (n = 39)
+          (11, 50, 100), (3, 34, 130), (7, 38, 21), (5, 39, 17)]
 
 
 @pytest.mark.parametrize("isa", ISAS)
