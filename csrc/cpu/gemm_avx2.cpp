@@ -32,10 +32,8 @@ struct Avx2 {
   static inline vec load_cols(const float* p, int64_t n) {  // lanes >= n read as 0
     return _mm256_maskload_ps(p, first(n));
   }
-  static inline float hsum(vec v) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+  static inline __m128 fold4(vec v) {  // lanes i and i + 4 summed
+    return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   }
   static inline void store_cols(float* p, vec v, int64_t cols, float alpha, float beta) {
     v = _mm256_mul_ps(v, _mm256_set1_ps(alpha));

@@ -22,12 +22,10 @@ struct Avx512 {
   static inline vec load_cols(const float* p, int64_t n) {  // lanes >= n read as 0
     return _mm512_maskz_loadu_ps(n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u), p);
   }
-  // (GCC 12 warns falsely on _mm512_reduce_add_ps and on the 512-to-256 cast.)
-  static inline float hsum(vec v) {
+  // Lanes i, i + 4, i + 8, i + 12 summed. (GCC 12 warns falsely on the 512-to-256 cast.)
+  static inline __m128 fold4(vec v) {
     const __m256 h = _mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
   }
   static inline void store_cols(float* p, vec v, int64_t cols, float alpha, float beta) {
     const __mmask16 m = cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1u);

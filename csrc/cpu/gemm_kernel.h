@@ -19,7 +19,8 @@
 //     with masked stores on the last panel's columns.
 //
 // V (the ISA) provides: vec, L (lanes), MR, zero(), load(p), bcast(x), fma(a, b, c),
-// store_cols(p, v, cols, alpha, beta) (cols <= L; beta == 0 never reads p).
+// store_cols(p, v, cols, alpha, beta) (cols <= L; beta == 0 never reads p), load_cols(p, n)
+// (lanes >= n read as 0, their memory untouched), fold4(v) (to four lanes, summing).
 
 template <class V, int MR_, int NV>
 inline void micro_tile(int64_t k, const float* a, int64_t a_row, int64_t a_col,
@@ -87,6 +88,14 @@ inline void panel_rows(int64_t m, int64_t k, const float* a, int64_t a_row, int6
   }
 }
 
+// The sum of a vector's lanes, from V::fold4 (the vector folded to four lanes).
+template <class V>
+inline float hsum(typename V::vec v) {
+  __m128 x = V::fold4(v);
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+}
+
 // A narrow last panel (at most L/2 columns: n = 100 leaves 4 on AVX2) with op(A) read by rows:
 // each C element is a dot product over k of an A row and a B' row (bt: the panel's columns as
 // rows, stride ldbt), vectorised along k and summed across lanes at the end. Computing those
@@ -131,7 +140,7 @@ inline void narrow_dot_rows(int64_t i0, int64_t k, const float* a, int64_t lda, 
     float* cr = c + (i0 + r) * ldc;
 #pragma GCC unroll 8
     for (int j = 0; j < COLS; ++j) {
-      const float v = alpha * V::hsum(acc[r][j]);
+      const float v = alpha * hsum<V>(acc[r][j]);
       cr[j] = beta == 0.f ? v : v + beta * cr[j];
     }
   }
@@ -212,6 +221,7 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
                       float* c, int64_t ldc, float* work) {
   constexpr int L = V::L;
   constexpr int NR = 2 * L;
+  static_assert(L / 2 <= 8, "narrow_dots is instantiated for at most 8 columns");
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {  // C = beta * C
     for (int64_t i = 0; i < m; ++i)
@@ -233,7 +243,7 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
       if (cols > L) {
         pack_panel<NR>(tb, kb, bb, ldb, j0, cols, work);
         panel_rows<V, 2>(m, kb, ab, a_row, a_col, work, c + j0, ldc, cols, alpha, beta_b);
-      } else if (!ta && cols <= L / 2 && cols <= 8) {  // a few columns: dot products
+      } else if (!ta && cols <= L / 2) {  // a few columns: dot products
         const float* bt = bb + j0 * ldb;  // op(B)^T's rows: B's rows when tb
         int64_t ldbt = ldb;
         if (!tb) {  // op(B)[p, j] = B[p * ldb + j]: gather the columns as rows
