@@ -18,36 +18,7 @@
 
 namespace {
 
-struct Avx2 {
-  using vec = __m256;
-  static constexpr int L = 8;
-  static constexpr int MR = 6;
-  static inline vec zero() { return _mm256_setzero_ps(); }
-  static inline vec load(const float* p) { return _mm256_loadu_ps(p); }
-  static inline vec bcast(float x) { return _mm256_set1_ps(x); }
-  static inline vec fma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-  static inline __m256i first(int64_t n) {  // lanes [0, n) set
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  static inline vec load_cols(const float* p, int64_t n) {  // lanes >= n read as 0
-    return _mm256_maskload_ps(p, first(n));
-  }
-  static inline __m128 fold4(vec v) {  // lanes i and i + 4 summed
-    return _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  }
-  static inline void store_cols(float* p, vec v, int64_t cols, float alpha, float beta) {
-    v = _mm256_mul_ps(v, _mm256_set1_ps(alpha));
-    if (cols >= 8) {
-      if (beta != 0.f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(p), v);
-      _mm256_storeu_ps(p, v);
-      return;
-    }
-    const __m256i m = first(cols);
-    if (beta != 0.f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_maskload_ps(p, m), v);
-    _mm256_maskstore_ps(p, m, v);
-  }
-};
-
+#include "simd_avx2.h"
 #include "gemm_kernel.h"
 
 }  // namespace

@@ -18,9 +18,9 @@
 //     (k is the embedding dimension or a chunk: small), then writes alpha * acc + beta * C
 //     with masked stores on the last panel's columns.
 //
-// V (the ISA) provides: vec, L (lanes), MR, zero(), load(p), bcast(x), fma(a, b, c),
-// store_cols(p, v, cols, alpha, beta) (cols <= L; beta == 0 never reads p), load_cols(p, n)
-// (lanes >= n read as 0, their memory untouched), fold4(v) (to four lanes, summing).
+// V (the ISA: simd_avx2.h, simd_avx512.h) provides vec, L (lanes), MR, zero(), load(p),
+// bcast(x), fma(a, b, c), store_cols(p, v, cols, alpha, beta) (cols <= L; beta == 0 never reads
+// p), load_cols(p, n) (lanes >= n read as 0, their memory untouched), reduce_add(v).
 
 template <class V, int MR_, int NV>
 inline void micro_tile(int64_t k, const float* a, int64_t a_row, int64_t a_col,
@@ -88,14 +88,6 @@ inline void panel_rows(int64_t m, int64_t k, const float* a, int64_t a_row, int6
   }
 }
 
-// The sum of a vector's lanes, from V::fold4 (the vector folded to four lanes).
-template <class V>
-inline float hsum(typename V::vec v) {
-  __m128 x = V::fold4(v);
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
-}
-
 // A narrow last panel (at most L/2 columns: n = 100 leaves 4 on AVX2) with op(A) read by rows:
 // each C element is a dot product over k of an A row and a B' row (bt: the panel's columns as
 // rows, stride ldbt), vectorised along k and summed across lanes at the end. Computing those
@@ -140,7 +132,7 @@ inline void narrow_dot_rows(int64_t i0, int64_t k, const float* a, int64_t lda, 
     float* cr = c + (i0 + r) * ldc;
 #pragma GCC unroll 8
     for (int j = 0; j < COLS; ++j) {
-      const float v = alpha * hsum<V>(acc[r][j]);
+      const float v = alpha * V::reduce_add(acc[r][j]);
       cr[j] = beta == 0.f ? v : v + beta * cr[j];
     }
   }
