@@ -14,6 +14,7 @@
 #include "chunk_math.h"
 #include "chunk_step.h"
 #include "isa_dispatch.h"
+#include "loss_rows.h"
 #include "../kernels/tags.h"
 
 namespace pbg {
@@ -157,20 +158,31 @@ __attribute__((always_inline)) inline ChunkStats run_chunk_body(
   const T src_nw = src_count > 0 ? T(1) / T(src_count) : T(0);
   const T dst_nw = dst_count > 0 ? T(1) / T(dst_count) : T(0);
   double loss = 0;
-  for (int64_t i = 0; i < P; ++i) {
-    const T w = weight ? weight[i] : T(1);
-    gpos[i] = 0;
-    if (src_on) {
-      const T* s = S1 + i * Ns;
-      for (int64_t j = 0; j < Ns; ++j) stats.src_violators += s[j] > pos[i];
-      std::memcpy(G1 + i * Ns, s, Ns * sizeof(T));
-      loss += loss_row<L, T, FastMath>(pos[i], G1 + i * Ns, Ns, w, cfg.margin, src_nw, &gpos[i]);
-    }
-    if (dst_on) {
-      const T* s = S2 + i * Nd;
-      for (int64_t j = 0; j < Nd; ++j) stats.dst_violators += s[j] > pos[i];
-      std::memcpy(G2 + i * Nd, s, Nd * sizeof(T));
-      loss += loss_row<L, T, FastMath>(pos[i], G2 + i * Nd, Nd, w, cfg.margin, dst_nw, &gpos[i]);
+  if constexpr (L == Loss::Softmax && std::is_same_v<T, float>) {
+    // fp32 softmax: the fused per-ISA kernel (loss_rows.h), one side at a time.
+    std::fill(gpos, gpos + P, T(0));
+    if (src_on) loss += softmax_rows(isa_level(), P, Ns, S1, Ns, pos, weight, G1, Ns, gpos,
+                                     &stats.src_violators);
+    if (dst_on) loss += softmax_rows(isa_level(), P, Nd, S2, Nd, pos, weight, G2, Nd, gpos,
+                                     &stats.dst_violators);
+  } else {
+    for (int64_t i = 0; i < P; ++i) {
+      const T w = weight ? weight[i] : T(1);
+      gpos[i] = 0;
+      if (src_on) {
+        const T* s = S1 + i * Ns;
+        for (int64_t j = 0; j < Ns; ++j) stats.src_violators += s[j] > pos[i];
+        std::memcpy(G1 + i * Ns, s, Ns * sizeof(T));
+        loss += loss_row<L, T, FastMath>(pos[i], G1 + i * Ns, Ns, w, cfg.margin, src_nw,
+                                         &gpos[i]);
+      }
+      if (dst_on) {
+        const T* s = S2 + i * Nd;
+        for (int64_t j = 0; j < Nd; ++j) stats.dst_violators += s[j] > pos[i];
+        std::memcpy(G2 + i * Nd, s, Nd * sizeof(T));
+        loss += loss_row<L, T, FastMath>(pos[i], G2 + i * Nd, Nd, w, cfg.margin, dst_nw,
+                                         &gpos[i]);
+      }
     }
   }
   stats.loss = loss;

@@ -7,10 +7,12 @@
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "../kernels/losses.h"
 #include "dispatch.h"
+#include "loss_rows.h"
 #include "op_args.h"
 
 namespace pbg {
@@ -29,7 +31,8 @@ LossArgs check(const at::Tensor& pos, const at::Tensor& neg, const c10::optional
   return a;
 }
 
-// Runs loss_row over all rows; returns the loss and fills grad_pos / grad_neg.
+// Runs loss_row over all rows (fp32 softmax: the kernel the chunk step runs, loss_rows.h);
+// returns the loss and fills grad_pos / grad_neg.
 template <typename T>
 double run(Loss loss, const LossArgs& a, double margin, T* gpos, T* gneg) {
   const T* pos = a.pos.data_ptr<T>();
@@ -41,10 +44,17 @@ double run(Loss loss, const LossArgs& a, double margin, T* gpos, T* gneg) {
     at::parallel_for(0, a.N, 256, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         T* g = gneg + i * a.M;
-        for (int64_t j = 0; j < a.M; ++j) g[j] = neg[i * a.M + j];
         gpos[i] = 0;
-        row_loss[i] = loss_row<decltype(ltag)::value, T, FastMath>(pos[i], g, a.M, w ? w[i] : T(1),
-                                                      static_cast<T>(margin), nw, &gpos[i]);
+        constexpr Loss L = decltype(ltag)::value;
+        if constexpr (L == Loss::Softmax && std::is_same_v<T, float>) {  // the chunk step's
+          int64_t violators = 0;
+          row_loss[i] = cpu::softmax_rows(cpu::isa_level(), 1, a.M, neg + i * a.M, a.M, pos + i,
+                                          w ? w + i : nullptr, g, a.M, &gpos[i], &violators);
+          continue;
+        }
+        for (int64_t j = 0; j < a.M; ++j) g[j] = neg[i * a.M + j];
+        row_loss[i] = loss_row<L, T, FastMath>(pos[i], g, a.M, w ? w[i] : T(1),
+                                               static_cast<T>(margin), nw, &gpos[i]);
       }
     });
     return 0;
@@ -83,11 +93,47 @@ std::tuple<at::Tensor, at::Tensor> loss_backward_cpu(const at::Tensor& grad, con
   return {gpos * g, gneg * g};
 }
 
+// pbg_fast::softmax_rows_: the fp32 softmax rows (loss_rows.h) on a named kernel (blas: the
+// generic loss_row), `reps` times, so that tests check each ISA's kernel against the reference
+// and benchmarks time them against the generic code. grad [N, M] and grad_pos [N] are written;
+// returns (the rows' summed loss, the violators: scores above their row's positive).
+std::tuple<double, int64_t> softmax_rows_cpu(at::Tensor& grad, at::Tensor& grad_pos,
+                                             const at::Tensor& scores, const at::Tensor& pos,
+                                             const c10::optional<at::Tensor>& weight,
+                                             c10::string_view isa, int64_t reps) {
+  constexpr const char* kOp = "softmax_rows_";
+  const LossShapes sh = check_loss_args(pos, scores, weight, kOp, c10::DeviceType::CPU);
+  TORCH_CHECK_TYPE(pos.scalar_type() == at::kFloat, kOp, ": float32 only, got ",
+                   pos.scalar_type());
+  for (const at::Tensor* t : {&static_cast<const at::Tensor&>(grad),
+                              &static_cast<const at::Tensor&>(grad_pos), &scores, &pos})
+    TORCH_CHECK_VALUE(t->is_contiguous() && t->scalar_type() == at::kFloat, kOp,
+                      ": grad, grad_pos, scores and pos must be contiguous float32");
+  TORCH_CHECK_VALUE(grad.sizes() == scores.sizes() && grad_pos.sizes() == pos.sizes(), kOp,
+                    ": grad must have the shape of scores, grad_pos that of pos");
+  cpu::GemmIsa which;
+  const std::string name(isa);
+  TORCH_CHECK_VALUE(cpu::parse_gemm_isa(name.c_str(), &which), kOp, ": isa: unknown '", name,
+                    "'; expected one of blas, avx2, avx512");
+  const at::Tensor w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+  double loss = 0.0;
+  int64_t violators = 0;
+  for (int64_t r = 0; r < std::max<int64_t>(reps, 1); ++r) {
+    grad_pos.zero_();
+    violators = 0;
+    loss = cpu::softmax_rows(which, sh.N, sh.M, scores.data_ptr<float>(), sh.M,
+                             pos.data_ptr<float>(), w.defined() ? w.data_ptr<float>() : nullptr,
+                             grad.data_ptr<float>(), sh.M, grad_pos.data_ptr<float>(), &violators);
+  }
+  return {loss, violators};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pbg_fast, CPU, m) {
   m.impl("loss_forward", &loss_forward_cpu);
   m.impl("loss_backward", &loss_backward_cpu);
+  m.impl("softmax_rows_", &softmax_rows_cpu);
 }
 
 }  // namespace pbg

@@ -65,3 +65,66 @@ def test_bad_input_names_the_argument():
         ops.loss(pos, neg, w[:2], "softmax")
     with pytest.raises(TypeError, match="weight must have the dtype of pos"):
         ops.loss(pos, neg, w.double(), "softmax")
+
+
+# The chunk step's fp32 softmax pass (csrc/cpu/loss_kernel.h) on each ISA's kernel, by name
+# (blas: the generic loss_row; an ISA the CPU lacks runs the best it has below it). Row lengths
+# around the AVX2 (8) and AVX-512 (16) vector widths: full vectors only, a ragged last one, a
+# single lane, none.
+SOFTMAX_ISAS = ["blas", "avx2", "avx512"]
+SOFTMAX_LENGTHS = [0, 1, 7, 8, 9, 15, 16, 17, 33, 100]
+
+
+def softmax_rows_inputs(n, m, weighted, seed):
+    g = torch.Generator().manual_seed(seed)
+    # Rows at an odd float offset (unaligned), spreads from small to large (the exp's clamp).
+    buf = torch.empty(n * m + 1)
+    neg = buf[1:].view(n, m)
+    neg.copy_(torch.randn(n, m, generator=g) * torch.tensor([0.1, 1.0, 30.0]).repeat(n)[:n, None])
+    pos = torch.randn(n, generator=g) * 3
+    if m:
+        neg[0, 0] = ref.MASKED_SCORE  # a masked negative: no loss, no gradient
+        neg[1, :] = ref.MASKED_SCORE  # a row of masked negatives only
+        neg[2, m // 2] = pos[2]  # a tie with the positive: not a violator
+        pos[3] = -200.0  # every negative above it: exp(pos - hi) underflows
+    w = torch.rand(n, generator=g) + 0.5 if weighted else None
+    return pos, neg, w
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("m", SOFTMAX_LENGTHS)
+@pytest.mark.parametrize("isa", SOFTMAX_ISAS)
+def test_softmax_rows_kernels_match_reference(isa, m, weighted, in_place):
+    n = 7
+    pos, neg, w = softmax_rows_inputs(n, m, weighted, seed=m)
+    p, q = pos.clone().requires_grad_(), neg.clone().requires_grad_()
+    expect = ref.loss(p, q, w, "softmax")
+    expect.backward()
+    if in_place:  # the gradient written over the scores it is computed from
+        grad = neg.clone()
+        scores = grad
+    else:
+        grad = torch.empty(n * m + 1)[1:].view(n, m)  # unaligned too
+        scores = neg
+    gpos = torch.full_like(pos, float("nan"))  # written, never read
+    loss, violators = torch.ops.pbg_fast.softmax_rows_(grad, gpos, scores, pos, w, isa)
+    torch.testing.assert_close(torch.tensor(loss, dtype=torch.float32), expect.detach(),
+                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad, q.grad, **tolerances(torch.float32))
+    torch.testing.assert_close(gpos, p.grad, **tolerances(torch.float32))
+    assert violators == int((neg > pos[:, None]).sum())
+    if m:
+        assert grad[0, 0] == 0 and (grad[1] == 0).all()  # masked: exactly no gradient
+
+
+def test_softmax_rows_refuses_bad_arguments():
+    pos, neg, _ = softmax_rows_inputs(4, 9, False, 0)
+    grad, gpos = torch.empty_like(neg), torch.empty_like(pos)
+    with pytest.raises(ValueError, match="isa: unknown 'sse9'"):
+        torch.ops.pbg_fast.softmax_rows_(grad, gpos, neg, pos, None, "sse9")
+    with pytest.raises(ValueError, match="grad must have the shape of scores"):
+        torch.ops.pbg_fast.softmax_rows_(grad[:2], gpos, neg, pos, None, "avx2")
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.pbg_fast.softmax_rows_(grad.double(), gpos.double(), neg.double(),
+                                         pos.double(), None, "avx2")

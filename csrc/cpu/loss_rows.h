@@ -1,0 +1,23 @@
+// The softmax loss over a block of score rows on the CPU, fp32: the chunk step's loss pass
+// (and the loss op's), on our per-ISA kernels (loss_kernel.h: AVX2, AVX-512) or the generic
+// loss_row (kernels/losses.h, the portable C++ every backend shares).
+#pragma once
+
+#include <cstdint>
+
+#include "blas.h"
+
+namespace pbg {
+namespace cpu {
+
+// For rows i < rows of S (stride lds) with positives pos[i] and weights (null: all 1):
+// G[i, :n] = dL/dS[i, :n] (G may be S; stride ldg), gpos[i] += dL/dpos[i], and *violators +=
+// #{j: S[i, j] > pos[i]}. Returns the sum of the rows' weighted losses (PBG's softmax:
+// logaddexp(pos, logsumexp(S[i])) - pos; 0 with n == 0). `isa`: Avx2 / Avx512 run our kernel
+// for that ISA (one the CPU lacks runs the best it has below it), Blas the generic loss_row.
+double softmax_rows(GemmIsa isa, int64_t rows, int64_t n, const float* S, int64_t lds,
+                    const float* pos, const float* weight, float* G, int64_t ldg, float* gpos,
+                    int64_t* violators);
+
+}  // namespace cpu
+}  // namespace pbg
