@@ -2,9 +2,10 @@
 // place. `workers` std::threads take batches of a shuffled edge order from a shared counter and
 // update the shared embedding tables HOGWILD-style: no locks on rows. Per batch: chunks of
 // `chunk_size` edges, uniform negatives per chunk and side, the fused chunk step (both
-// directions with dynamic relations), then row-wise Adagrad on every touched row (gradients of
-// a row summed over the batch first, as PBG coalesces its sparse gradient), and element-wise
-// Adagrad on the relation parameters and global embeddings. Python never sees a batch.
+// directions with dynamic relations), row-wise Adagrad on every touched row (gradients of a row
+// summed over the batch first, as PBG coalesces its sparse gradient; each row stepped once no
+// later chunk of the batch reads it), then element-wise Adagrad on the relation parameters and
+// global embeddings. Python never sees a batch.
 // Randomness is counter-based (kernels/counter_rng.h): the shuffle and each batch's negatives
 // are functions of (seed, batch, index) alone, the same as in the CUDA op and the Python
 // reference. With workers = 1 the result is a deterministic function of the seed; with more,
@@ -39,9 +40,10 @@ namespace {
 
 constexpr const char* kOp = "train_bucket_";
 
-// Sums the gradient rows of one table over a batch (open addressing on the row id), then
-// applies one row-Adagrad step per distinct row. Dense mode (a table whose every row is a
-// negative: all_negs) sums into a table-sized buffer instead and steps every row.
+// Sums the gradient rows of one table over a batch (open addressing on the row id) and applies
+// one row-Adagrad step per distinct row, right after the last chunk that uses it (plan). Dense
+// mode (a table whose every row is a negative: all_negs) sums into a table-sized buffer instead
+// and steps every row at the batch's end.
 template <typename T>
 struct RowCoalescer {
   int64_t dim = 0;
@@ -69,13 +71,16 @@ struct RowCoalescer {
     table.assign(cap, -1);
     rows.clear();
     grads.clear();
+    occ.clear();
+    occ_end.clear();
+    last.clear();
   }
-  // g must stay valid (and is written: duplicates accumulate into the first) until apply().
-  void add(int64_t row, T* g) {
-    if (dense_rows >= 0) {
-      axpy(g, sums.data() + row * dim);
-      return;
-    }
+  bool dense() const { return dense_rows >= 0; }
+  // Dense mode: a gradient row of table row `row` into its sum.
+  void add(int64_t row, const T* g) { axpy(g, sums.data() + row * dim); }
+  // Sparse mode: the slot of `row`, new (its gradient row g, which must stay valid, and is
+  // written: the row's later gradients accumulate into it) if the batch has not seen it yet.
+  int64_t find(int64_t row, T* g) {
     const uint64_t mask = table.size() - 1;
     uint64_t h = (static_cast<uint64_t>(row) * 0x9e3779b97f4a7c15ULL) >> 20;
     while (true) {
@@ -84,68 +89,114 @@ struct RowCoalescer {
         slot = static_cast<int64_t>(rows.size());
         rows.push_back(row);
         grads.push_back(g);
-        return;
+        return slot;
       }
-      if (rows[slot] == row) {
-        axpy(g, grads[slot]);
-        return;
-      }
+      if (rows[slot] == row) return slot;
       ++h;
     }
+  }
+
+  // Stepping each row right after the last chunk that uses it (sparse mode), while its row is
+  // still in cache from that chunk's gather, instead of all at the batch's end: the batch's
+  // occurrences are planned up front, step by step (a step: one direction's chunk), in the
+  // order the chunk's gradient rows are summed. Exact: no later chunk of the batch reads a
+  // stepped row, and each row's gradient is the same sum, in the same order, as if every row
+  // were stepped at the batch's end (one worker: bit for bit; bench: 1.09x the bucket op with
+  // one worker on a Zen 3, 1.11x with two).
+  struct Occurrence {
+    int64_t slot;
+    T* g;
+  };
+  std::vector<Occurrence> occ;
+  std::vector<int64_t> occ_end;  // occurrences of step s: [occ_end[s - 1], occ_end[s])
+  std::vector<int64_t> last;     // per slot, the last step using it
+  std::vector<int64_t> due;      // slots by last step
+  std::vector<int64_t> due_end;  // slots due after step s: [due_end[s - 1], due_end[s])
+  void plan(int64_t row, T* g) {
+    const int64_t slot = find(row, g);
+    if (slot == static_cast<int64_t>(last.size())) last.push_back(0);
+    last[slot] = static_cast<int64_t>(occ_end.size());
+    occ.push_back({slot, g});
+  }
+  void plan_end_step() { occ_end.push_back(static_cast<int64_t>(occ.size())); }
+  void plan_done() {  // slots sorted by last step (counting sort)
+    const size_t steps = occ_end.size();
+    due_end.assign(steps, 0);
+    for (int64_t l : last) ++due_end[l];
+    for (size_t s = 1; s < steps; ++s) due_end[s] += due_end[s - 1];
+    due.resize(last.size());
+    std::vector<int64_t> at(steps, 0);
+    for (size_t s = 1; s < steps; ++s) at[s] = due_end[s - 1];
+    for (size_t slot = 0; slot < last.size(); ++slot) due[at[last[slot]]++] = slot;
+  }
+  // After step s's chunk wrote its gradient rows: its later occurrences into their first.
+  void accumulate_step(int64_t s) {
+    for (int64_t k = s ? occ_end[s - 1] : 0; k < occ_end[s]; ++k) {
+      T* first = grads[occ[k].slot];
+      if (first != occ[k].g) axpy(occ[k].g, first);
+    }
+  }
+  // The states of the rows due after step s: prefetched before its chunk runs.
+  void prefetch_due_states(int64_t s, const T* state) const {
+    for (int64_t k = s ? due_end[s - 1] : 0; k < due_end[s]; ++k)
+      __builtin_prefetch(state + rows[due[k]], 1);
   }
   void axpy(const T* g, T* s) const {
     for (int64_t k = 0; k < dim; ++k) s[k] += g[k];
   }
-  // Row Adagrad over the batch's distinct rows: for fp32, one version per ISA
-  // (isa_dispatch.h).
-  void apply(T* emb, T* state, T lr, T eps) const {
+  // Row Adagrad: dense mode, every row (s unused); sparse mode, the rows due after step s (see
+  // plan). For fp32, one version per ISA (isa_dispatch.h).
+  void apply(T* emb, T* state, T lr, T eps, int64_t s = 0) const {
 #ifdef PBG_ISA_VERSIONS
     if constexpr (std::is_same_v<T, float>) {
       switch (isa_level()) {
-        case GemmIsa::Avx512: return apply_v4(emb, state, lr, eps);
-        case GemmIsa::Avx2: return apply_v3(emb, state, lr, eps);
+        case GemmIsa::Avx512: return apply_v4(emb, state, lr, eps, s);
+        case GemmIsa::Avx2: return apply_v3(emb, state, lr, eps, s);
         default: break;
       }
     }
 #endif
-    apply_body(emb, state, lr, eps);
+    apply_body(emb, state, lr, eps, s);
   }
 #ifdef PBG_ISA_VERSIONS
-  PBG_TARGET_V4 void apply_v4(T* emb, T* state, T lr, T eps) const {
-    apply_body(emb, state, lr, eps);
+  PBG_TARGET_V4 void apply_v4(T* emb, T* state, T lr, T eps, int64_t s) const {
+    apply_body(emb, state, lr, eps, s);
   }
-  PBG_TARGET_V3 void apply_v3(T* emb, T* state, T lr, T eps) const {
-    apply_body(emb, state, lr, eps);
+  PBG_TARGET_V3 void apply_v3(T* emb, T* state, T lr, T eps, int64_t s) const {
+    apply_body(emb, state, lr, eps, s);
   }
 #endif
-  __attribute__((always_inline)) inline void apply_body(T* emb, T* state, T lr, T eps) const {
+  __attribute__((always_inline)) inline void apply_body(T* emb, T* state, T lr, T eps,
+                                                        int64_t s) const {
     if (dense_rows >= 0) {
       for (int64_t r = 0; r < dense_rows; ++r)
         row_adagrad_step(emb + r * dim, state + r, sums.data() + r * dim, dim, lr, eps);
       return;
     }
+    const int64_t b = s ? due_end[s - 1] : 0;
+    const int64_t* slots = due.data() + b;
+    const size_t n = static_cast<size_t>(due_end[s] - b);
+    auto slot = [&](size_t i) { return slots[i]; };
     // The rows are random accesses into big tables. Two passes: every row's state first (one
-    // line each, prefetched far ahead, so many misses overlap), then the rows themselves
-    // (prefetched a few rows ahead, see gather_rows), last added first: the batch's last
-    // chunks gathered those rows most recently, so they are the likeliest still in cache
-    // before the stream of older rows evicts them (bench: 1.025-1.04x the bucket op with 2
-    // workers on a Zen 3, no change with one).
-    const size_t n = rows.size();
+    // line each, prefetched far ahead, so many misses overlap; after a step, prefetched before
+    // its chunk), then the rows themselves (prefetched a few rows ahead, see gather_rows), last
+    // first.
     scales.resize(n);
     constexpr size_t state_ahead = 32, row_ahead = 8;
-    for (size_t i = 0; i < std::min(state_ahead, n); ++i) __builtin_prefetch(state + rows[i], 1);
+    for (size_t i = 0; i < std::min(state_ahead, n); ++i)
+      __builtin_prefetch(state + rows[slot(i)], 1);
     for (size_t i = 0; i < n; ++i) {
-      if (i + state_ahead < n) __builtin_prefetch(state + rows[i + state_ahead], 1);
-      scales[i] = row_adagrad_state(state + rows[i], grads[i], dim, lr, eps);
+      if (i + state_ahead < n) __builtin_prefetch(state + rows[slot(i + state_ahead)], 1);
+      scales[i] = row_adagrad_state(state + rows[slot(i)], grads[slot(i)], dim, lr, eps);
     }
     auto prefetch = [&](size_t i) {
-      const char* p = reinterpret_cast<const char*>(emb + rows[i] * dim);
+      const char* p = reinterpret_cast<const char*>(emb + rows[slot(i)] * dim);
       for (int64_t b = 0; b < dim * int64_t(sizeof(T)); b += 64) __builtin_prefetch(p + b, 1);
     };
     for (size_t i = n; i-- > 0 && i + row_ahead >= n;) prefetch(i);
     for (size_t i = n; i-- > 0;) {
       if (i >= row_ahead) prefetch(i - row_ahead);
-      row_adagrad_apply(emb + rows[i] * dim, grads[i], dim, scales[i]);
+      row_adagrad_apply(emb + rows[slot(i)] * dim, grads[slot(i)], dim, scales[i]);
     }
   }
 };
@@ -328,32 +379,77 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     if (rhs_tab && rhs_tab != lhs_tab) rhs_tab->prepare(sh.cmp, D);
     RowCoalescer<T>& to_lhs = co_lhs;
     RowCoalescer<T>& to_rhs = co_rhs_table;
+    // The tables' distinct coalescers (one when both sides share a table), with their tables.
+    struct Sink {
+      RowCoalescer<T>* co;
+      T *emb, *state;
+    };
+    Sink sinks[2] = {{&co_lhs, sh.lhs_emb, sh.lhs_state}, {&co_rhs, sh.rhs_emb, sh.rhs_state}};
+    const int nsinks = sh.same_table ? 1 : 2;
 
-    // One direction over all chunks of the batch: src rows -> src table, dst rows -> dst table.
+    // One direction's view of the batch: src rows -> src table, dst rows -> dst table.
+    struct Dir {
+      const int64_t *sidx, *didx, *suni, *duni;
+      int64_t Us, Ud;
+      T *g_src, *g_dst;
+      RowCoalescer<T> *to_src, *to_dst;
+    };
+    auto dir_of = [&](bool reversed) {
+      Dir d;
+      d.sidx = reversed ? rhs_idx.data() : lhs_idx.data();
+      d.didx = reversed ? lhs_idx.data() : rhs_idx.data();
+      d.suni = reversed ? rhs_uni.data() : lhs_uni.data();
+      d.duni = reversed ? lhs_uni.data() : rhs_uni.data();
+      d.Us = sh.dynamic ? (reversed ? Ur : Ul) : Ul;  // dynamic: each direction samples its src
+      d.Ud = sh.dynamic ? 0 : Ur;
+      d.g_src = g_src_buf[reversed].data();
+      d.g_dst = g_dst_buf[reversed].data();
+      d.to_src = reversed ? &to_rhs : &to_lhs;
+      d.to_dst = reversed ? &to_lhs : &to_rhs;
+      return d;
+    };
+    // Chunk c's gradient rows in the order they are summed: src positives and uniforms, then
+    // dst positives and uniforms; fn(coalescer, row, gradient row).
+    auto chunk_rows = [&](const Dir& d, int64_t c, auto&& fn) {
+      const int64_t b0 = c * cs, P = std::min(cs, n - b0);
+      T* gs = d.g_src + (b0 + c * d.Us) * D;
+      T* gd = d.g_dst + (b0 + c * d.Ud) * D;
+      for (int64_t i = 0; i < P; ++i) fn(*d.to_src, d.sidx[b0 + i], gs + i * D);
+      for (int64_t k = 0; k < d.Us; ++k) fn(*d.to_src, d.suni[c * d.Us + k], gs + (P + k) * D);
+      for (int64_t i = 0; i < P; ++i) fn(*d.to_dst, d.didx[b0 + i], gd + i * D);
+      for (int64_t k = 0; k < d.Ud; ++k) fn(*d.to_dst, d.duni[c * d.Ud + k], gd + (P + k) * D);
+    };
+    // Sparse tables step each row right after the last chunk using it (RowCoalescer::plan):
+    // the steps are direction 0's chunks, then direction 1's.
+    const int ndirs = sh.dynamic ? 2 : 1;
+    for (int r = 0; r < ndirs; ++r) {
+      const Dir d = dir_of(r == 1);
+      for (int64_t c = 0; c < C; ++c) {
+        chunk_rows(d, c, [](RowCoalescer<T>& co, int64_t row, T* g) {
+          if (!co.dense()) co.plan(row, g);
+        });
+        for (int k = 0; k < nsinks; ++k)
+          if (!sinks[k].co->dense()) sinks[k].co->plan_end_step();
+      }
+    }
+    for (int k = 0; k < nsinks; ++k)
+      if (!sinks[k].co->dense()) sinks[k].co->plan_done();
+
+    // One direction over all chunks of the batch.
     auto direction = [&](bool reversed) {
+      const Dir d = dir_of(reversed);
       const T* src_emb = reversed ? sh.rhs_emb : sh.lhs_emb;
       const T* dst_emb = reversed ? sh.lhs_emb : sh.rhs_emb;
-      const int64_t* sidx = reversed ? rhs_idx.data() : lhs_idx.data();
-      const int64_t* didx = reversed ? lhs_idx.data() : rhs_idx.data();
-      const int64_t* suni = reversed ? rhs_uni.data() : lhs_uni.data();
-      const int64_t* duni = reversed ? lhs_uni.data() : rhs_uni.data();
       NegMode smode, dmode;
-      int64_t Us, Ud;
       if (sh.dynamic) {  // each direction samples its src side only
         smode = reversed ? sh.rhs_mode : sh.lhs_mode;
         dmode = NegMode::Skip;
-        Us = reversed ? Ur : Ul;
-        Ud = 0;
       } else {
         smode = sh.lhs_mode;
         dmode = sh.rhs_mode;
-        Us = Ul;
-        Ud = Ur;
       }
       T* op = reversed ? sh.lhs_op : sh.rhs_op;
       T* gop = reversed ? g_lhs_op.data() : g_rhs_op.data();
-      T* g_src = g_src_buf[reversed].data();
-      T* g_dst = g_dst_buf[reversed].data();
       const T* sglob = reversed ? sh.rhs_glob : sh.lhs_glob;
       const T* dglob = reversed ? sh.lhs_glob : sh.rhs_glob;
       T* g_sglob = sglob ? g_glob.data() + (reversed ? D : 0) : nullptr;
@@ -374,11 +470,14 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
                 tables.n_dst_all, g_dst_all);
       ChunkConfig<T> cfg{smode, dmode, cs, sh.margin, sh.reg_coef, sh.bf16_products};
       for (int64_t c = 0; c < C; ++c) {
+        const int64_t step = (reversed ? C : 0) + c;
+        for (int k = 0; k < nsinks; ++k)
+          if (!sinks[k].co->dense()) sinks[k].co->prefetch_due_states(step, sinks[k].state);
         const int64_t b0 = c * cs, P = std::min(cs, n - b0);
-        ChunkInput in{sidx + b0, didx + b0, rel_idx.data() + b0, P, suni + c * Us, Us,
-                      duni + c * Ud, Ud};
-        T* gs = g_src + (b0 + c * Us) * D;  // this chunk's [P | Us] src rows
-        T* gd = g_dst + (b0 + c * Ud) * D;
+        ChunkInput in{d.sidx + b0, d.didx + b0, rel_idx.data() + b0, P, d.suni + c * d.Us, d.Us,
+                      d.duni + c * d.Ud, d.Ud};
+        T* gs = d.g_src + (b0 + c * d.Us) * D;  // this chunk's [P | Us] src rows
+        T* gd = d.g_dst + (b0 + c * d.Ud) * D;
         ChunkGrads<T> out{gs, gs + P * D, gd, gd + P * D, gop, g_sglob, g_dglob, g_src_all,
                           g_dst_all};
         const ChunkStats cst =
@@ -386,17 +485,16 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
         st.loss += cst.loss;
         (reversed ? st.rhs_viol : st.lhs_viol) += cst.src_violators;
         (reversed ? st.lhs_viol : st.rhs_viol) += cst.dst_violators;
-      }
-      RowCoalescer<T>& to_src = reversed ? to_rhs : to_lhs;
-      RowCoalescer<T>& to_dst = reversed ? to_lhs : to_rhs;
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t b0 = c * cs, P = std::min(cs, n - b0);
-        T* gs = g_src + (b0 + c * Us) * D;
-        T* gd = g_dst + (b0 + c * Ud) * D;
-        for (int64_t i = 0; i < P; ++i) to_src.add(sidx[b0 + i], gs + i * D);
-        for (int64_t k = 0; k < Us; ++k) to_src.add(suni[c * Us + k], gs + (P + k) * D);
-        for (int64_t i = 0; i < P; ++i) to_dst.add(didx[b0 + i], gd + i * D);
-        for (int64_t k = 0; k < Ud; ++k) to_dst.add(duni[c * Ud + k], gd + (P + k) * D);
+        // The chunk's gradient rows: into the dense tables' sums; for sparse tables, into their
+        // rows' first, and the rows no later chunk uses, stepped (HOGWILD, into the tables).
+        chunk_rows(d, c, [](RowCoalescer<T>& co, int64_t row, T* g) {
+          if (co.dense()) co.add(row, g);
+        });
+        for (int k = 0; k < nsinks; ++k) {
+          if (sinks[k].co->dense()) continue;
+          sinks[k].co->accumulate_step(step);
+          sinks[k].co->apply(sinks[k].emb, sinks[k].state, sh.lr, eps, step);
+        }
       }
     };
     direction(false);
@@ -405,9 +503,9 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
     if (lhs_tab) lhs_tab->finish(sh.cmp, D, g_glob.data());
     if (rhs_tab && rhs_tab != lhs_tab) rhs_tab->finish(sh.cmp, D, g_glob.data());
 
-    // Updates, HOGWILD: straight into the shared tables.
-    co_lhs.apply(sh.lhs_emb, sh.lhs_state, sh.lr, eps);
-    if (!sh.same_table) co_rhs.apply(sh.rhs_emb, sh.rhs_state, sh.lr, eps);
+    // Updates, HOGWILD: straight into the shared tables (the sparse ones' rows are done).
+    for (int k = 0; k < nsinks; ++k)
+      if (sinks[k].co->dense()) sinks[k].co->apply(sinks[k].emb, sinks[k].state, sh.lr, eps);
     for (int64_t r : touched_rels) {
       rel_touched[r] = 0;
       if (K == 0) continue;
