@@ -110,32 +110,35 @@ def gemm_kernels(quick):
     torch.set_num_threads(os.cpu_count() or 1)
 
 
-def softmax_kernels(quick):
-    """The chunk step's fp32 softmax pass (loss_kernel.h) on our per-ISA kernels against the
-    generic loss_row (the same op, `isa` 'blas': portable C++ compiled for this build), one
-    core, on the chunk step's score blocks (50 rows of 100 negatives: 50 in-chunk + 50 uniform;
-    50 x 50), the block repeated inside the op, interleaved rounds; nanoseconds per row."""
+def loss_kernels(quick):
+    """The chunk step's fp32 loss pass (loss_kernel.h: the loss and its gradient, the violator
+    count fused) on our per-ISA kernels against the generic loss_row (the same op, `isa`
+    'blas': portable C++ compiled for this build), one core, on the chunk step's score blocks
+    (50 rows of 100 negatives: 50 in-chunk + 50 uniform; 50 x 50), every loss, the block
+    repeated inside the op, interleaved rounds; nanoseconds per row."""
     import pbg_fast
     torch.set_num_threads(1)
     best = pbg_fast._C.native_build_info()["gemm_isa_best"]
     isas = ["blas"] + [i for i in ("avx2", "avx512") if i == best or (i, best) == ("avx2", "avx512")]
     g = torch.Generator().manual_seed(0)
-    for rows, m in [(50, 100), (50, 50)]:
-        scores, pos = torch.randn(rows, m, generator=g) * 3, torch.randn(rows, generator=g) * 3
-        grad, gpos = torch.empty_like(scores), torch.empty_like(pos)
-        reps = 20_000 // (4 if quick else 1)
-        best_s = {i: float("inf") for i in isas}
-        for _ in range(3 if quick else 7):
+    for loss in ("ranking", "logistic", "softmax"):
+        for rows, m in [(50, 100), (50, 50)]:
+            scores, pos = torch.randn(rows, m, generator=g) * 3, torch.randn(rows, generator=g) * 3
+            grad, gpos = torch.empty_like(scores), torch.empty_like(pos)
+            reps = 20_000 // (4 if quick else 1)
+            best_s = {i: float("inf") for i in isas}
+            for _ in range(3 if quick else 7):
+                for isa in isas:
+                    t0 = time.perf_counter()
+                    torch.ops.pbg_fast.loss_rows_(grad, gpos, scores, pos, None, loss, 0.1, isa,
+                                                  reps)
+                    best_s[isa] = min(best_s[isa], (time.perf_counter() - t0) / reps)
+            rec = dict(what="loss_kernel", loss=loss, rows=rows, negatives=m)
             for isa in isas:
-                t0 = time.perf_counter()
-                torch.ops.pbg_fast.softmax_rows_(grad, gpos, scores, pos, None, isa, reps)
-                best_s[isa] = min(best_s[isa], (time.perf_counter() - t0) / reps)
-        rec = dict(what="softmax_kernel", rows=rows, negatives=m)
-        for isa in isas:
-            rec[f"{isa}_ns_per_row"] = best_s[isa] / rows * 1e9
-            if isa != "blas":
-                rec[f"{isa}_vs_generic"] = best_s["blas"] / best_s[isa]
-        emit(rec)
+                rec[f"{isa}_ns_per_row"] = best_s[isa] / rows * 1e9
+                if isa != "blas":
+                    rec[f"{isa}_vs_generic"] = best_s["blas"] / best_s[isa]
+            emit(rec)
     torch.set_num_threads(os.cpu_count() or 1)
 
 
@@ -146,7 +149,7 @@ def main():
     emit(dict(what="fp32_gemm_peak", gflops=peak, threads=torch.get_num_threads()))
 
     gemm_kernels(quick)
-    softmax_kernels(quick)
+    loss_kernels(quick)
 
     # The headline: the fused chunk step.
     n, d, batch, chunk, uni = 100_000, 100, 1000, 50, 50

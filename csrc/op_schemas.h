@@ -22,8 +22,8 @@ inline constexpr const char* kOpSchemas[] = {
     "gemm_(Tensor(a!) c, Tensor a, Tensor b, bool trans_a, bool trans_b, float alpha, "
         "float beta, str isa, int reps=1) -> ()",
     "fma_peak(str isa, int iters) -> float",
-    "softmax_rows_(Tensor(a!) grad, Tensor(b!) grad_pos, Tensor scores, Tensor pos, "
-        "Tensor? weight, str isa, int reps=1) -> (float, int)",
+    "loss_rows_(Tensor(a!) grad, Tensor(b!) grad_pos, Tensor scores, Tensor pos, "
+        "Tensor? weight, str loss, float margin, str isa, int reps=1) -> (float, int)",
     "chunk_step(Tensor src_emb, Tensor dst_emb, Tensor src_idx, Tensor dst_idx, Tensor rel, "
         "Tensor op_params, Tensor src_uniform, Tensor dst_uniform, Tensor? weight, Tensor? src_global, "
         "Tensor? dst_global, int chunk_size, str src_mode, str dst_mode, str comparator, "

@@ -158,13 +158,15 @@ __attribute__((always_inline)) inline ChunkStats run_chunk_body(
   const T src_nw = src_count > 0 ? T(1) / T(src_count) : T(0);
   const T dst_nw = dst_count > 0 ? T(1) / T(dst_count) : T(0);
   double loss = 0;
-  if constexpr (L == Loss::Softmax && std::is_same_v<T, float>) {
-    // fp32 softmax: the fused per-ISA kernel (loss_rows.h), one side at a time.
+  if constexpr (std::is_same_v<T, float>) {
+    // fp32: the fused per-ISA kernel (loss_rows.h), one side at a time.
     std::fill(gpos, gpos + P, T(0));
-    if (src_on) loss += softmax_rows(isa_level(), P, Ns, S1, Ns, pos, weight, G1, Ns, gpos,
-                                     &stats.src_violators);
-    if (dst_on) loss += softmax_rows(isa_level(), P, Nd, S2, Nd, pos, weight, G2, Nd, gpos,
-                                     &stats.dst_violators);
+    if (src_on)
+      loss += loss_rows(L, isa_level(), P, Ns, S1, Ns, pos, weight, cfg.margin, src_nw, G1, Ns,
+                        gpos, &stats.src_violators);
+    if (dst_on)
+      loss += loss_rows(L, isa_level(), P, Nd, S2, Nd, pos, weight, cfg.margin, dst_nw, G2, Nd,
+                        gpos, &stats.dst_violators);
   } else {
     for (int64_t i = 0; i < P; ++i) {
       const T w = weight ? weight[i] : T(1);

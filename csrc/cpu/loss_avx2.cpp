@@ -1,8 +1,10 @@
-// The chunk step's softmax rows (loss_kernel.h) for AVX2 + FMA, compiled for that ISA whatever
+// The chunk step's loss rows (loss_kernel.h) for AVX2 + FMA, compiled for that ISA whatever
 // the build's -march: chosen at run time (loss_rows.cpp) only on a CPU that reports it.
 #include <math.h>
 
 #include <cstdint>
+
+#include "../kernels/losses.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -21,10 +23,11 @@ namespace {
 namespace pbg {
 namespace cpu {
 
-double softmax_rows_avx2(int64_t rows, int64_t n, const float* S, int64_t lds, const float* pos,
-                         const float* weight, float* G, int64_t ldg, float* gpos,
-                         int64_t* violators) {
-  return softmax_rows_impl<Avx2>(rows, n, S, lds, pos, weight, G, ldg, gpos, violators);
+double loss_rows_avx2(Loss loss, int64_t rows, int64_t n, const float* S, int64_t lds,
+                      const float* pos, const float* weight, float margin, float neg_weight,
+                      float* G, int64_t ldg, float* gpos, int64_t* violators) {
+  return loss_rows_impl<Avx2>(loss, rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg,
+                            gpos, violators);
 }
 
 }  // namespace cpu

@@ -1,9 +1,11 @@
-// The chunk step's softmax rows (loss_kernel.h) for AVX-512 (F + VL + DQ + BW), compiled for
+// The chunk step's loss rows (loss_kernel.h) for AVX-512 (F + VL + DQ + BW), compiled for
 // that ISA whatever the build's -march: chosen at run time (loss_rows.cpp) only on a CPU that
 // reports it.
 #include <math.h>
 
 #include <cstdint>
+
+#include "../kernels/losses.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -20,10 +22,11 @@ namespace {
 namespace pbg {
 namespace cpu {
 
-double softmax_rows_avx512(int64_t rows, int64_t n, const float* S, int64_t lds,
-                           const float* pos, const float* weight, float* G, int64_t ldg,
-                           float* gpos, int64_t* violators) {
-  return softmax_rows_impl<Avx512>(rows, n, S, lds, pos, weight, G, ldg, gpos, violators);
+double loss_rows_avx512(Loss loss, int64_t rows, int64_t n, const float* S, int64_t lds,
+                        const float* pos, const float* weight, float margin, float neg_weight,
+                        float* G, int64_t ldg, float* gpos, int64_t* violators) {
+  return loss_rows_impl<Avx512>(loss, rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg,
+                            gpos, violators);
 }
 
 }  // namespace cpu

@@ -31,7 +31,7 @@ LossArgs check(const at::Tensor& pos, const at::Tensor& neg, const c10::optional
   return a;
 }
 
-// Runs loss_row over all rows (fp32 softmax: the kernel the chunk step runs, loss_rows.h);
+// Runs loss_row over all rows (fp32: the kernel the chunk step runs, loss_rows.h);
 // returns the loss and fills grad_pos / grad_neg.
 template <typename T>
 double run(Loss loss, const LossArgs& a, double margin, T* gpos, T* gneg) {
@@ -46,10 +46,11 @@ double run(Loss loss, const LossArgs& a, double margin, T* gpos, T* gneg) {
         T* g = gneg + i * a.M;
         gpos[i] = 0;
         constexpr Loss L = decltype(ltag)::value;
-        if constexpr (L == Loss::Softmax && std::is_same_v<T, float>) {  // the chunk step's
+        if constexpr (std::is_same_v<T, float>) {  // the chunk step's kernel
           int64_t violators = 0;
-          row_loss[i] = cpu::softmax_rows(cpu::isa_level(), 1, a.M, neg + i * a.M, a.M, pos + i,
-                                          w ? w + i : nullptr, g, a.M, &gpos[i], &violators);
+          row_loss[i] = cpu::loss_rows(L, cpu::isa_level(), 1, a.M, neg + i * a.M, a.M, pos + i,
+                                       w ? w + i : nullptr, static_cast<float>(margin), nw, g,
+                                       a.M, &gpos[i], &violators);
           continue;
         }
         for (int64_t j = 0; j < a.M; ++j) g[j] = neg[i * a.M + j];
@@ -93,15 +94,18 @@ std::tuple<at::Tensor, at::Tensor> loss_backward_cpu(const at::Tensor& grad, con
   return {gpos * g, gneg * g};
 }
 
-// pbg_fast::softmax_rows_: the fp32 softmax rows (loss_rows.h) on a named kernel (blas: the
-// generic loss_row), `reps` times, so that tests check each ISA's kernel against the reference
-// and benchmarks time them against the generic code. grad [N, M] and grad_pos [N] are written;
-// returns (the rows' summed loss, the violators: scores above their row's positive).
-std::tuple<double, int64_t> softmax_rows_cpu(at::Tensor& grad, at::Tensor& grad_pos,
-                                             const at::Tensor& scores, const at::Tensor& pos,
-                                             const c10::optional<at::Tensor>& weight,
-                                             c10::string_view isa, int64_t reps) {
-  constexpr const char* kOp = "softmax_rows_";
+// pbg_fast::loss_rows_: the fp32 loss pass (loss_rows.h) on a named kernel (blas: the generic
+// loss_row), `reps` times, so that tests check each ISA's kernel against the reference and
+// benchmarks time them against the generic code. grad [N, M] and grad_pos [N] are written;
+// returns (the rows' summed loss, the violators: scores above their row's positive). Logistic's
+// negatives are weighted 1 / M, as the loss op weights them.
+std::tuple<double, int64_t> loss_rows_cpu(at::Tensor& grad, at::Tensor& grad_pos,
+                                          const at::Tensor& scores, const at::Tensor& pos,
+                                          const c10::optional<at::Tensor>& weight,
+                                          c10::string_view loss_name, double margin,
+                                          c10::string_view isa, int64_t reps) {
+  constexpr const char* kOp = "loss_rows_";
+  const Loss loss = parse_loss(std::string(loss_name), kOp);
   const LossShapes sh = check_loss_args(pos, scores, weight, kOp, c10::DeviceType::CPU);
   TORCH_CHECK_TYPE(pos.scalar_type() == at::kFloat, kOp, ": float32 only, got ",
                    pos.scalar_type());
@@ -116,16 +120,18 @@ std::tuple<double, int64_t> softmax_rows_cpu(at::Tensor& grad, at::Tensor& grad_
   TORCH_CHECK_VALUE(cpu::parse_gemm_isa(name.c_str(), &which), kOp, ": isa: unknown '", name,
                     "'; expected one of blas, avx2, avx512");
   const at::Tensor w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
-  double loss = 0.0;
+  const float nw = sh.M > 0 ? 1.f / static_cast<float>(sh.M) : 0.f;
+  double total = 0.0;
   int64_t violators = 0;
   for (int64_t r = 0; r < std::max<int64_t>(reps, 1); ++r) {
     grad_pos.zero_();
     violators = 0;
-    loss = cpu::softmax_rows(which, sh.N, sh.M, scores.data_ptr<float>(), sh.M,
-                             pos.data_ptr<float>(), w.defined() ? w.data_ptr<float>() : nullptr,
-                             grad.data_ptr<float>(), sh.M, grad_pos.data_ptr<float>(), &violators);
+    total = cpu::loss_rows(loss, which, sh.N, sh.M, scores.data_ptr<float>(), sh.M,
+                           pos.data_ptr<float>(), w.defined() ? w.data_ptr<float>() : nullptr,
+                           static_cast<float>(margin), nw, grad.data_ptr<float>(), sh.M,
+                           grad_pos.data_ptr<float>(), &violators);
   }
-  return {loss, violators};
+  return {total, violators};
 }
 
 }  // namespace
@@ -133,7 +139,7 @@ std::tuple<double, int64_t> softmax_rows_cpu(at::Tensor& grad, at::Tensor& grad_
 TORCH_LIBRARY_IMPL(pbg_fast, CPU, m) {
   m.impl("loss_forward", &loss_forward_cpu);
   m.impl("loss_backward", &loss_backward_cpu);
-  m.impl("softmax_rows_", &softmax_rows_cpu);
+  m.impl("loss_rows_", &loss_rows_cpu);
 }
 
 }  // namespace pbg

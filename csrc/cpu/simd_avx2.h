@@ -4,11 +4,12 @@
 // that ISA and have internal linkage. simd_avx512.h is the same interface for AVX-512.
 //
 // The interface: vec, L (lanes), MR (the GEMM tile's rows); zero(), load(p), bcast(x),
-// fma(a, b, c) = a * b + c, add, sub, mul, max, min; load_cols(p, n) (lanes >= n read as 0,
-// their memory untouched), load_cols_or(p, n, fill) (lanes >= n are `fill`), store_cols(p, v,
-// cols, alpha, beta) (p[l] = alpha * v[l] + beta * p[l] for l < cols; beta == 0 never reads p);
-// reduce_add(v), reduce_max(v) (over the lanes), count_gt(a, b) (lanes with a > b), pow2(n)
-// (2^n for integer-valued lanes n in [-126, 127]), zero_where_lt(v, x, lo) (v, 0 where x < lo).
+// fma(a, b, c) = a * b + c, add, sub, mul, div, max, min, abs, pick_gt(x, y, a, b) (x > y ? a :
+// b, per lane); load_cols(p, n) (lanes >= n read as 0, their memory untouched),
+// load_cols_or(p, n, fill) (lanes >= n are `fill`), store_cols(p, v, cols, alpha, beta)
+// (p[l] = alpha * v[l] + beta * p[l] for l < cols; beta == 0 never reads p); reduce_add(v),
+// reduce_max(v) (over the lanes), count_gt(a, b) (lanes with a > b), pow2(n) (2^n for
+// integer-valued lanes n in [-126, 127]), zero_where_lt(v, x, lo) (v, 0 where x < lo).
 #pragma once
 
 struct Avx2 {
@@ -24,6 +25,11 @@ struct Avx2 {
   static inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
   static inline vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
   static inline vec min(vec a, vec b) { return _mm256_min_ps(a, b); }
+  static inline vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
+  static inline vec abs(vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
+  static inline vec pick_gt(vec x, vec y, vec a, vec b) {  // x > y ? a : b, per lane
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, y, _CMP_GT_OQ));
+  }
   static inline __m256i first(int64_t n) {  // lanes [0, n) set
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }

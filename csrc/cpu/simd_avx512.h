@@ -19,6 +19,14 @@ struct Avx512 {
   // _mm512_undefined_*(), which GCC 12 reports as maybe-uninitialized.
   static inline vec max(vec a, vec b) { return _mm512_maskz_max_ps(__mmask16(0xFFFF), a, b); }
   static inline vec min(vec a, vec b) { return _mm512_maskz_min_ps(__mmask16(0xFFFF), a, b); }
+  static inline vec div(vec a, vec b) { return _mm512_maskz_div_ps(__mmask16(0xFFFF), a, b); }
+  static inline vec abs(vec a) {
+    return _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7FFFFFFF)));
+  }
+  static inline vec pick_gt(vec x, vec y, vec a, vec b) {  // x > y ? a : b, per lane
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_GT_OQ), b, a);
+  }
   static inline __mmask16 first(int64_t n) {  // lanes [0, n) set
     return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
   }

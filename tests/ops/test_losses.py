@@ -67,15 +67,15 @@ def test_bad_input_names_the_argument():
         ops.loss(pos, neg, w.double(), "softmax")
 
 
-# The chunk step's fp32 softmax pass (csrc/cpu/loss_kernel.h) on each ISA's kernel, by name
-# (blas: the generic loss_row; an ISA the CPU lacks runs the best it has below it). Row lengths
-# around the AVX2 (8) and AVX-512 (16) vector widths: full vectors only, a ragged last one, a
-# single lane, none.
-SOFTMAX_ISAS = ["blas", "avx2", "avx512"]
-SOFTMAX_LENGTHS = [0, 1, 7, 8, 9, 15, 16, 17, 33, 100]
+# The chunk step's fp32 loss pass (csrc/cpu/loss_kernel.h) on each ISA's kernel, by name (blas:
+# the generic loss_row; an ISA the CPU lacks runs the best it has below it). Row lengths around
+# the AVX2 (8) and AVX-512 (16) vector widths: full vectors only, a ragged last one, a single
+# lane, none.
+KERNEL_ISAS = ["blas", "avx2", "avx512"]
+ROW_LENGTHS = [0, 1, 7, 8, 9, 15, 16, 17, 33, 100]
 
 
-def softmax_rows_inputs(n, m, weighted, seed):
+def loss_rows_inputs(n, m, weighted, seed):
     g = torch.Generator().manual_seed(seed)
     # Rows at an odd float offset (unaligned), spreads from small to large (the exp's clamp).
     buf = torch.empty(n * m + 1)
@@ -93,13 +93,14 @@ def softmax_rows_inputs(n, m, weighted, seed):
 
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("m", SOFTMAX_LENGTHS)
-@pytest.mark.parametrize("isa", SOFTMAX_ISAS)
-def test_softmax_rows_kernels_match_reference(isa, m, weighted, in_place):
+@pytest.mark.parametrize("m", ROW_LENGTHS)
+@pytest.mark.parametrize("isa", KERNEL_ISAS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_loss_rows_kernels_match_reference(loss, isa, m, weighted, in_place):
     n = 7
-    pos, neg, w = softmax_rows_inputs(n, m, weighted, seed=m)
+    pos, neg, w = loss_rows_inputs(n, m, weighted, seed=m)
     p, q = pos.clone().requires_grad_(), neg.clone().requires_grad_()
-    expect = ref.loss(p, q, w, "softmax")
+    expect = ref.loss(p, q, w, loss, margin=0.3)
     expect.backward()
     if in_place:  # the gradient written over the scores it is computed from
         grad = neg.clone()
@@ -108,8 +109,8 @@ def test_softmax_rows_kernels_match_reference(isa, m, weighted, in_place):
         grad = torch.empty(n * m + 1)[1:].view(n, m)  # unaligned too
         scores = neg
     gpos = torch.full_like(pos, float("nan"))  # written, never read
-    loss, violators = torch.ops.pbg_fast.softmax_rows_(grad, gpos, scores, pos, w, isa)
-    torch.testing.assert_close(torch.tensor(loss, dtype=torch.float32), expect.detach(),
+    total, violators = torch.ops.pbg_fast.loss_rows_(grad, gpos, scores, pos, w, loss, 0.3, isa)
+    torch.testing.assert_close(torch.tensor(total, dtype=torch.float32), expect.detach(),
                                rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(grad, q.grad, **tolerances(torch.float32))
     torch.testing.assert_close(gpos, p.grad, **tolerances(torch.float32))
@@ -118,13 +119,15 @@ def test_softmax_rows_kernels_match_reference(isa, m, weighted, in_place):
         assert grad[0, 0] == 0 and (grad[1] == 0).all()  # masked: exactly no gradient
 
 
-def test_softmax_rows_refuses_bad_arguments():
-    pos, neg, _ = softmax_rows_inputs(4, 9, False, 0)
+def test_loss_rows_refuses_bad_arguments():
+    pos, neg, _ = loss_rows_inputs(4, 9, False, 0)
     grad, gpos = torch.empty_like(neg), torch.empty_like(pos)
     with pytest.raises(ValueError, match="isa: unknown 'sse9'"):
-        torch.ops.pbg_fast.softmax_rows_(grad, gpos, neg, pos, None, "sse9")
+        torch.ops.pbg_fast.loss_rows_(grad, gpos, neg, pos, None, "softmax", 0.1, "sse9")
+    with pytest.raises(ValueError, match="loss: unknown 'hinge'"):
+        torch.ops.pbg_fast.loss_rows_(grad, gpos, neg, pos, None, "hinge", 0.1, "avx2")
     with pytest.raises(ValueError, match="grad must have the shape of scores"):
-        torch.ops.pbg_fast.softmax_rows_(grad[:2], gpos, neg, pos, None, "avx2")
+        torch.ops.pbg_fast.loss_rows_(grad[:2], gpos, neg, pos, None, "softmax", 0.1, "avx2")
     with pytest.raises(TypeError, match="float32"):
-        torch.ops.pbg_fast.softmax_rows_(grad.double(), gpos.double(), neg.double(),
-                                         pos.double(), None, "avx2")
+        torch.ops.pbg_fast.loss_rows_(grad.double(), gpos.double(), neg.double(), pos.double(),
+                                      None, "ranking", 0.1, "avx2")
