@@ -22,7 +22,7 @@ namespace cpu {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PBG_HAVE_OWN_GEMM 1
-// gemm_avx2.cpp, gemm_avx512.cpp: `work` holds k * 2 vectors of floats.
+// kernels_avx2.cpp, kernels_avx512.cpp: `work` holds k * 2 vectors of floats.
 void gemm_avx2(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
                float* work);

@@ -1,8 +1,8 @@
 // The register-blocked fp32 GEMM behind the chunk step's products, written once for any SIMD
-// width. Included only by the per-ISA translation units (gemm_avx2.cpp, gemm_avx512.cpp),
-// after they set the target ISA with `#pragma GCC target`, inside an anonymous namespace: every
-// function here is compiled for that ISA and has internal linkage, so no inline function of
-// one ISA can stand in for another's at link time. It includes nothing but <immintrin.h> (done
+// width. Included only by the per-ISA translation units (kernels_avx2.cpp, kernels_avx512.cpp),
+// after they set the target ISA with `#pragma GCC target`, inside an anonymous namespace:
+// every function here is compiled for that ISA and has internal linkage, so no inline function
+// of one ISA can stand in for another's at link time. It includes nothing but <immintrin.h> (done
 // by the includer) and uses no library function.
 //
 // C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major, any strides (unaligned rows,

@@ -1,7 +1,7 @@
 // The chunk step's loss pass over a block of score rows (P positives, each with a row of N
 // negative scores), fp32, for every loss, written once for any SIMD width (V: simd_avx2.h,
-// simd_avx512.h). Included only by the per-ISA translation units (loss_avx2.cpp,
-// loss_avx512.cpp) after their target pragma, inside an anonymous namespace, like
+// simd_avx512.h). Included only by the per-ISA translation units (kernels_avx2.cpp,
+// kernels_avx512.cpp) after their target pragma, inside an anonymous namespace, like
 // gemm_kernel.h; the includer includes <math.h> and kernels/losses.h first. The math is
 // loss_row<L, float, FastMath> (kernels/losses.h: PBG's semantics, FastMath's polynomials),
 // with the violator count (negatives scoring above their positive) fused in:

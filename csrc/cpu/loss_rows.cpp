@@ -9,7 +9,7 @@ namespace cpu {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PBG_HAVE_OWN_LOSS 1
-// loss_avx2.cpp, loss_avx512.cpp
+// kernels_avx2.cpp, kernels_avx512.cpp
 double loss_rows_avx2(Loss loss, int64_t rows, int64_t n, const float* S, int64_t lds,
                       const float* pos, const float* weight, float margin, float neg_weight,
                       float* G, int64_t ldg, float* gpos, int64_t* violators);

@@ -1,5 +1,5 @@
-"""The chunk step's fp32 GEMM (csrc/cpu/gemm_kernel.h, compiled per ISA in gemm_avx2.cpp and
-gemm_avx512.cpp, chosen at load in blas.cpp) against a float64 torch reference, on every
+"""The chunk step's fp32 GEMM (csrc/cpu/gemm_kernel.h, compiled per ISA in kernels_avx2.cpp
+and kernels_avx512.cpp, chosen at load in blas.cpp) against a float64 torch reference, on every
 kernel this CPU runs: both transposes, odd sizes, k = 1, empty shapes, rows that are views of
 wider (and unaligned) storage, alpha and beta. Then the chunk step itself, run with each kernel
 forced through PBG_FAST_ISA in a fresh process, against this process's result. The fresh

@@ -1,12 +1,16 @@
-// The chunk-step GEMM for AVX2 + FMA (Haswell, Zen 1-3 and later), compiled for that ISA
-// whatever the build's -march: chosen at run time (blas.cpp) only on a CPU that reports it.
-// 6 x 16 tiles: 12 ymm accumulators, 2 for B, 1 broadcast.
+// The chunk step's hand-vectorised kernels for AVX2 + FMA (Haswell, Zen 1-3 and later): the
+// GEMM (gemm_kernel.h: 6 x 16 tiles, 12 ymm accumulators, 2 for B, 1 broadcast) and the loss
+// pass (loss_kernel.h), compiled for that ISA whatever the build's -march, over simd_avx2.h;
+// chosen at run time (blas.cpp, loss_rows.cpp) only on a CPU that reports it.
+#include <math.h>
+
 #include <cstdint>
 
+#include "../kernels/losses.h"
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PBG_HAVE_AVX2_GEMM 1
 #pragma GCC push_options
-// The kernel's code is pinned here, whatever the build's flags: generic tuning and no -fwrapv
+// The kernels' code is pinned here, whatever the build's flags: generic tuning and no -fwrapv
 // (Python's CFLAGS carry it). GCC 12 allocates the 15 live ymm registers of the 6 x 16 tile
 // differently under -march=znver3's tuning or -fwrapv: it re-loads a B vector from L1 six
 // times per k step, or spills an accumulator through the stack. Measured on a Zen 3 (one
@@ -20,6 +24,7 @@ namespace {
 
 #include "simd_avx2.h"
 #include "gemm_kernel.h"
+#include "loss_kernel.h"
 
 }  // namespace
 
@@ -33,6 +38,13 @@ void gemm_avx2(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, c
 }
 
 float fma_peak_avx2(int64_t iters) { return fma_peak_impl<Avx2>(iters); }
+
+double loss_rows_avx2(Loss loss, int64_t rows, int64_t n, const float* S, int64_t lds,
+                      const float* pos, const float* weight, float margin, float neg_weight,
+                      float* G, int64_t ldg, float* gpos, int64_t* violators) {
+  return loss_rows_impl<Avx2>(loss, rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg,
+                            gpos, violators);
+}
 
 }  // namespace cpu
 }  // namespace pbg

@@ -1,5 +1,7 @@
-// The chunk step's loss rows (loss_kernel.h) for AVX-512 (F + VL + DQ + BW), compiled for
-// that ISA whatever the build's -march: chosen at run time (loss_rows.cpp) only on a CPU that
+// The chunk step's hand-vectorised kernels for AVX-512 (F + VL + DQ + BW; Skylake-SP, Ice
+// Lake, Zen 4 and later): the GEMM (gemm_kernel.h: 12 x 32 tiles, 24 zmm accumulators, 2 for
+// B, 1 broadcast) and the loss pass (loss_kernel.h), compiled for that ISA whatever the build's
+// -march, over simd_avx512.h; chosen at run time (blas.cpp, loss_rows.cpp) only on a CPU that
 // reports it.
 #include <math.h>
 
@@ -15,12 +17,21 @@
 namespace {
 
 #include "simd_avx512.h"
+#include "gemm_kernel.h"
 #include "loss_kernel.h"
 
 }  // namespace
 
 namespace pbg {
 namespace cpu {
+
+void gemm_avx512(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                 int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+                 float* work) {
+  gemm_impl<Avx512>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, work);
+}
+
+float fma_peak_avx512(int64_t iters) { return fma_peak_impl<Avx512>(iters); }
 
 double loss_rows_avx512(Loss loss, int64_t rows, int64_t n, const float* S, int64_t lds,
                         const float* pos, const float* weight, float margin, float neg_weight,
