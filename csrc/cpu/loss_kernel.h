@@ -13,12 +13,14 @@
 // benchmarks/RESULTS.md).
 
 // exp(x), FastMath's polynomial (kernels/fastmath.h) on V lanes: x clamped to [-87.3, 88.3],
-// 0 below -87.3 (a masked score, -1e9, gives exactly 0).
+// 0 below -87.3 (a masked score, -1e9, gives exactly 0), NaN for NaN (max and min return their
+// second operand when one is NaN: x goes second, so a NaN score poisons the row's loss and
+// gradients, as in loss_row).
 template <class V>
 inline typename V::vec exp_lanes(typename V::vec x) {
   using vec = typename V::vec;
   const vec lo = V::bcast(-87.3f);
-  const vec xc = V::min(V::max(x, lo), V::bcast(88.3f));
+  const vec xc = V::min(V::bcast(88.3f), V::max(lo, x));
   const vec shifter = V::bcast(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
   const vec n = V::sub(V::fma(xc, V::bcast(1.44269504088896341f), shifter), shifter);
   vec r = V::fma(n, V::bcast(-0.693359375f), xc);
@@ -48,7 +50,8 @@ inline typename V::vec log1p_unit_lanes(typename V::vec e) {
   return V::mul(V::add(s, s), q);
 }
 
-// One row of n scores s (its gradient into g; g may be s) in vectors: nf full ones, then a
+// One row of n scores s (its gradient into g; g may be s: each vector is read before it is
+// written) in vectors: nf full ones, then a
 // last one of `tail` lanes (1 .. L). Each returns the row's weighted loss and adds dL/dpos to
 // *gpos and its violators to *viol.
 template <class V>
@@ -147,7 +150,7 @@ inline float softmax_row(const float* s, float* g, int64_t nf, int64_t tail, flo
 }
 
 // Rows [0, rows) of S (stride lds) with their positives pos[i] and weights (null: 1):
-// G[i, :n] = dL/dS[i, :n] (G may be S; stride ldg), gpos[i] += dL/dpos[i], *violators +=
+// G[i, :n] = dL/dS[i, :n] (stride ldg; G may be S when ldg == lds), gpos[i] += dL/dpos[i], *violators +=
 // #{j: S[i, j] > pos[i]}. `margin`: ranking's; `neg_weight`: logistic's 1 / (negatives PBG
 // counts). Returns the sum of the rows' weighted losses (n == 0: ranking and softmax 0,
 // logistic the positives' terms, as loss_row).

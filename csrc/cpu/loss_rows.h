@@ -12,11 +12,12 @@ namespace pbg {
 namespace cpu {
 
 // For rows i < rows of S (stride lds) with positives pos[i] and weights (null: all 1):
-// G[i, :n] = dL/dS[i, :n] (G may be S; stride ldg), gpos[i] += dL/dpos[i], and *violators +=
+// G[i, :n] = dL/dS[i, :n] (stride ldg; G may be S when ldg == lds), gpos[i] += dL/dpos[i], and *violators +=
 // #{j: S[i, j] > pos[i]}. Returns the sum of the rows' weighted losses: PBG's `loss`, with
 // ranking's `margin` and logistic's `neg_weight` (1 / the negatives PBG counts), as loss_row.
 // `isa`: Avx2 / Avx512 run our kernel for that ISA (one the CPU lacks runs the best it has
-// below it), Blas the generic loss_row.
+// below it), Blas the generic loss_row. NaN scores give a NaN loss and NaN gradients with
+// logistic and softmax; ranking's hinge reads a NaN as inactive (as loss_row does).
 double loss_rows(Loss loss, GemmIsa isa, int64_t rows, int64_t n, const float* S, int64_t lds,
                  const float* pos, const float* weight, float margin, float neg_weight, float* G,
                  int64_t ldg, float* gpos, int64_t* violators);

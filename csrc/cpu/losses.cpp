@@ -119,6 +119,9 @@ std::tuple<double, int64_t> loss_rows_cpu(at::Tensor& grad, at::Tensor& grad_pos
   const std::string name(isa);
   TORCH_CHECK_VALUE(cpu::parse_gemm_isa(name.c_str(), &which), kOp, ": isa: unknown '", name,
                     "'; expected one of blas, avx2, avx512");
+  TORCH_CHECK_VALUE(reps <= 1 || grad.data_ptr() != scores.data_ptr(), kOp,
+                    ": reps > 1 with grad in place of scores would read the last repetition's "
+                    "gradients as scores");
   const at::Tensor w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
   const float nw = sh.M > 0 ? 1.f / static_cast<float>(sh.M) : 0.f;
   double total = 0.0;

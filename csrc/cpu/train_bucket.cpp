@@ -173,9 +173,9 @@ struct RowCoalescer {
         row_adagrad_step(emb + r * dim, state + r, sums.data() + r * dim, dim, lr, eps);
       return;
     }
-    const int64_t b = s ? due_end[s - 1] : 0;
-    const int64_t* slots = due.data() + b;
-    const size_t n = static_cast<size_t>(due_end[s] - b);
+    const int64_t first = s ? due_end[s - 1] : 0;
+    const int64_t* slots = due.data() + first;
+    const size_t n = static_cast<size_t>(due_end[s] - first);
     auto slot = [&](size_t i) { return slots[i]; };
     // The rows are random accesses into big tables. Two passes: every row's state first (one
     // line each, prefetched far ahead, so many misses overlap; after a step, prefetched before

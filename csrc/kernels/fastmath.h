@@ -53,7 +53,9 @@ inline float FastMath::exp<float>(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // n is NaN only for a NaN x (the result is p * scale = NaN anyway): 0 keeps the conversion
+  // defined.
+  const int32_t bits = (static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
   float scale;
   memcpy(&scale, &bits, sizeof(scale));
   return underflow ? 0.0f : p * scale;
