@@ -158,35 +158,14 @@ __attribute__((always_inline)) inline ChunkStats run_chunk_body(
   const T src_nw = src_count > 0 ? T(1) / T(src_count) : T(0);
   const T dst_nw = dst_count > 0 ? T(1) / T(dst_count) : T(0);
   double loss = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    // fp32: the fused per-ISA kernel (loss_rows.h), one side at a time.
-    std::fill(gpos, gpos + P, T(0));
-    if (src_on)
-      loss += loss_rows(L, isa_level(), P, Ns, S1, Ns, pos, weight, cfg.margin, src_nw, G1, Ns,
-                        gpos, &stats.src_violators);
-    if (dst_on)
-      loss += loss_rows(L, isa_level(), P, Nd, S2, Nd, pos, weight, cfg.margin, dst_nw, G2, Nd,
-                        gpos, &stats.dst_violators);
-  } else {
-    for (int64_t i = 0; i < P; ++i) {
-      const T w = weight ? weight[i] : T(1);
-      gpos[i] = 0;
-      if (src_on) {
-        const T* s = S1 + i * Ns;
-        for (int64_t j = 0; j < Ns; ++j) stats.src_violators += s[j] > pos[i];
-        std::memcpy(G1 + i * Ns, s, Ns * sizeof(T));
-        loss += loss_row<L, T, FastMath>(pos[i], G1 + i * Ns, Ns, w, cfg.margin, src_nw,
-                                         &gpos[i]);
-      }
-      if (dst_on) {
-        const T* s = S2 + i * Nd;
-        for (int64_t j = 0; j < Nd; ++j) stats.dst_violators += s[j] > pos[i];
-        std::memcpy(G2 + i * Nd, s, Nd * sizeof(T));
-        loss += loss_row<L, T, FastMath>(pos[i], G2 + i * Nd, Nd, w, cfg.margin, dst_nw,
-                                         &gpos[i]);
-      }
-    }
-  }
+  // One side at a time: fp32 on the fused per-ISA kernel, fp64 the generic pass (loss_rows.h).
+  std::fill(gpos, gpos + P, T(0));
+  if (src_on)
+    loss += loss_rows(L, isa_level(), P, Ns, S1, Ns, pos, weight, cfg.margin, src_nw, G1, Ns, gpos,
+                      &stats.src_violators);
+  if (dst_on)
+    loss += loss_rows(L, isa_level(), P, Nd, S2, Nd, pos, weight, cfg.margin, dst_nw, G2, Nd, gpos,
+                      &stats.dst_violators);
   stats.loss = loss;
   neg_grad_to_dot<C>(S1, G1, P * Ns);
   neg_grad_to_dot<C>(S2, G2, P * Nd);

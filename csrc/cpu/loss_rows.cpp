@@ -1,9 +1,5 @@
 #include "loss_rows.h"
 
-#include <cstring>
-
-#include "../kernels/losses.h"
-
 namespace pbg {
 namespace cpu {
 
@@ -18,28 +14,6 @@ double loss_rows_avx512(Loss loss, int64_t rows, int64_t n, const float* S, int6
                         float* G, int64_t ldg, float* gpos, int64_t* violators);
 #endif
 
-namespace {
-
-template <Loss L>
-double generic_rows(int64_t rows, int64_t n, const float* S, int64_t lds, const float* pos,
-                    const float* weight, float margin, float neg_weight, float* G, int64_t ldg,
-                    float* gpos, int64_t* violators) {
-  double loss = 0.0;
-  int64_t viol = 0;
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* s = S + i * lds;
-    float* g = G + i * ldg;
-    for (int64_t j = 0; j < n; ++j) viol += s[j] > pos[i];
-    if (g != s) std::memcpy(g, s, n * sizeof(float));
-    loss += loss_row<L, float, FastMath>(pos[i], g, n, weight ? weight[i] : 1.f, margin,
-                                         neg_weight, &gpos[i]);
-  }
-  *violators += viol;
-  return loss;
-}
-
-}  // namespace
-
 double loss_rows(Loss loss, GemmIsa isa, int64_t rows, int64_t n, const float* S, int64_t lds,
                  const float* pos, const float* weight, float margin, float neg_weight, float* G,
                  int64_t ldg, float* gpos, int64_t* violators) {
@@ -53,17 +27,8 @@ double loss_rows(Loss loss, GemmIsa isa, int64_t rows, int64_t n, const float* S
     return loss_rows_avx2(loss, rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg, gpos,
                           violators);
 #endif
-  switch (loss) {
-    case Loss::Ranking:
-      return generic_rows<Loss::Ranking>(rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg,
-                                         gpos, violators);
-    case Loss::Logistic:
-      return generic_rows<Loss::Logistic>(rows, n, S, lds, pos, weight, margin, neg_weight, G,
-                                          ldg, gpos, violators);
-    default:
-      return generic_rows<Loss::Softmax>(rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg,
-                                         gpos, violators);
-  }
+  return loss_rows_generic(loss, rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg, gpos,
+                           violators);
 }
 
 }  // namespace cpu

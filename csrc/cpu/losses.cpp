@@ -7,10 +7,8 @@
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
-#include <type_traits>
 #include <vector>
 
-#include "../kernels/losses.h"
 #include "dispatch.h"
 #include "loss_rows.h"
 #include "op_args.h"
@@ -31,8 +29,8 @@ LossArgs check(const at::Tensor& pos, const at::Tensor& neg, const c10::optional
   return a;
 }
 
-// Runs loss_row over all rows (fp32: the kernel the chunk step runs, loss_rows.h);
-// returns the loss and fills grad_pos / grad_neg.
+// Runs the chunk step's loss pass (loss_rows.h) over all rows, one at a time; returns the
+// loss and fills grad_pos / grad_neg.
 template <typename T>
 double run(Loss loss, const LossArgs& a, double margin, T* gpos, T* gneg) {
   const T* pos = a.pos.data_ptr<T>();
@@ -40,25 +38,14 @@ double run(Loss loss, const LossArgs& a, double margin, T* gpos, T* gneg) {
   const T* w = a.weight.defined() ? a.weight.data_ptr<T>() : nullptr;
   const T nw = a.M > 0 ? T(1) / T(a.M) : T(0);
   std::vector<double> row_loss(a.N);
-  dispatch_loss(loss, [&](auto ltag) {
-    at::parallel_for(0, a.N, 256, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        T* g = gneg + i * a.M;
-        gpos[i] = 0;
-        constexpr Loss L = decltype(ltag)::value;
-        if constexpr (std::is_same_v<T, float>) {  // the chunk step's kernel
-          int64_t violators = 0;
-          row_loss[i] = cpu::loss_rows(L, cpu::isa_level(), 1, a.M, neg + i * a.M, a.M, pos + i,
-                                       w ? w + i : nullptr, static_cast<float>(margin), nw, g,
-                                       a.M, &gpos[i], &violators);
-          continue;
-        }
-        for (int64_t j = 0; j < a.M; ++j) g[j] = neg[i * a.M + j];
-        row_loss[i] = loss_row<L, T, FastMath>(pos[i], g, a.M, w ? w[i] : T(1),
-                                               static_cast<T>(margin), nw, &gpos[i]);
-      }
-    });
-    return 0;
+  at::parallel_for(0, a.N, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      gpos[i] = 0;
+      int64_t violators = 0;
+      row_loss[i] = cpu::loss_rows(loss, cpu::isa_level(), 1, a.M, neg + i * a.M, a.M, pos + i,
+                                   w ? w + i : nullptr, static_cast<T>(margin), nw,
+                                   gneg + i * a.M, a.M, &gpos[i], &violators);
+    }
   });
   double total = 0;
   for (double v : row_loss) total += v;

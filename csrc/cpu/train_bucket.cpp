@@ -112,6 +112,7 @@ struct RowCoalescer {
   std::vector<int64_t> last;     // per slot, the last step using it
   std::vector<int64_t> due;      // slots by last step
   std::vector<int64_t> due_end;  // slots due after step s: [due_end[s - 1], due_end[s])
+  std::vector<int64_t> due_at;   // plan_done's scratch, kept across batches
   void plan(int64_t row, T* g) {
     const int64_t slot = find(row, g);
     if (slot == static_cast<int64_t>(last.size())) last.push_back(0);
@@ -125,9 +126,9 @@ struct RowCoalescer {
     for (int64_t l : last) ++due_end[l];
     for (size_t s = 1; s < steps; ++s) due_end[s] += due_end[s - 1];
     due.resize(last.size());
-    std::vector<int64_t> at(steps, 0);
-    for (size_t s = 1; s < steps; ++s) at[s] = due_end[s - 1];
-    for (size_t slot = 0; slot < last.size(); ++slot) due[at[last[slot]]++] = slot;
+    due_at.assign(steps, 0);
+    for (size_t s = 1; s < steps; ++s) due_at[s] = due_end[s - 1];
+    for (size_t slot = 0; slot < last.size(); ++slot) due[due_at[last[slot]]++] = slot;
   }
   // After step s's chunk wrote its gradient rows: its later occurrences into their first.
   void accumulate_step(int64_t s) {
@@ -176,7 +177,6 @@ struct RowCoalescer {
     const int64_t first = s ? due_end[s - 1] : 0;
     const int64_t* slots = due.data() + first;
     const size_t n = static_cast<size_t>(due_end[s] - first);
-    auto slot = [&](size_t i) { return slots[i]; };
     // The rows are random accesses into big tables. Two passes: every row's state first (one
     // line each, prefetched far ahead, so many misses overlap; after a step, prefetched before
     // its chunk), then the rows themselves (prefetched a few rows ahead, see gather_rows), last
@@ -184,19 +184,19 @@ struct RowCoalescer {
     scales.resize(n);
     constexpr size_t state_ahead = 32, row_ahead = 8;
     for (size_t i = 0; i < std::min(state_ahead, n); ++i)
-      __builtin_prefetch(state + rows[slot(i)], 1);
+      __builtin_prefetch(state + rows[slots[i]], 1);
     for (size_t i = 0; i < n; ++i) {
-      if (i + state_ahead < n) __builtin_prefetch(state + rows[slot(i + state_ahead)], 1);
-      scales[i] = row_adagrad_state(state + rows[slot(i)], grads[slot(i)], dim, lr, eps);
+      if (i + state_ahead < n) __builtin_prefetch(state + rows[slots[i + state_ahead]], 1);
+      scales[i] = row_adagrad_state(state + rows[slots[i]], grads[slots[i]], dim, lr, eps);
     }
     auto prefetch = [&](size_t i) {
-      const char* p = reinterpret_cast<const char*>(emb + rows[slot(i)] * dim);
+      const char* p = reinterpret_cast<const char*>(emb + rows[slots[i]] * dim);
       for (int64_t b = 0; b < dim * int64_t(sizeof(T)); b += 64) __builtin_prefetch(p + b, 1);
     };
     for (size_t i = n; i-- > 0 && i + row_ahead >= n;) prefetch(i);
     for (size_t i = n; i-- > 0;) {
       if (i >= row_ahead) prefetch(i - row_ahead);
-      row_adagrad_apply(emb + rows[slot(i)] * dim, grads[slot(i)], dim, scales[i]);
+      row_adagrad_apply(emb + rows[slots[i]] * dim, grads[slots[i]], dim, scales[i]);
     }
   }
 };
@@ -408,12 +408,21 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       d.to_dst = reversed ? &to_lhs : &to_rhs;
       return d;
     };
+    // Chunk c of a direction: its first edge, its edges, and its gradient rows ([P | Us] src
+    // rows, [P | Ud] dst rows, contiguous in the direction's buffers).
+    struct Span {
+      int64_t b0, P;
+      T *gs, *gd;
+    };
+    auto span_of = [&](const Dir& d, int64_t c) {
+      const int64_t b0 = c * cs;
+      return Span{b0, std::min(cs, n - b0), d.g_src + (b0 + c * d.Us) * D,
+                  d.g_dst + (b0 + c * d.Ud) * D};
+    };
     // Chunk c's gradient rows in the order they are summed: src positives and uniforms, then
     // dst positives and uniforms; fn(coalescer, row, gradient row).
     auto chunk_rows = [&](const Dir& d, int64_t c, auto&& fn) {
-      const int64_t b0 = c * cs, P = std::min(cs, n - b0);
-      T* gs = d.g_src + (b0 + c * d.Us) * D;
-      T* gd = d.g_dst + (b0 + c * d.Ud) * D;
+      const auto [b0, P, gs, gd] = span_of(d, c);
       for (int64_t i = 0; i < P; ++i) fn(*d.to_src, d.sidx[b0 + i], gs + i * D);
       for (int64_t k = 0; k < d.Us; ++k) fn(*d.to_src, d.suni[c * d.Us + k], gs + (P + k) * D);
       for (int64_t i = 0; i < P; ++i) fn(*d.to_dst, d.didx[b0 + i], gd + i * D);
@@ -473,11 +482,9 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
         const int64_t step = (reversed ? C : 0) + c;
         for (int k = 0; k < nsinks; ++k)
           if (!sinks[k].co->dense()) sinks[k].co->prefetch_due_states(step, sinks[k].state);
-        const int64_t b0 = c * cs, P = std::min(cs, n - b0);
+        const auto [b0, P, gs, gd] = span_of(d, c);
         ChunkInput in{d.sidx + b0, d.didx + b0, rel_idx.data() + b0, P, d.suni + c * d.Us, d.Us,
                       d.duni + c * d.Ud, d.Ud};
-        T* gs = d.g_src + (b0 + c * d.Us) * D;  // this chunk's [P | Us] src rows
-        T* gd = d.g_dst + (b0 + c * d.Ud) * D;
         ChunkGrads<T> out{gs, gs + P * D, gd, gd + P * D, gop, g_sglob, g_dglob, g_src_all,
                           g_dst_all};
         const ChunkStats cst =
