@@ -8,10 +8,11 @@
 // C[m,n] = alpha * op(A)[m,k] op(B)[k,n] + beta * C, row-major, any strides (unaligned rows,
 // odd sizes, k = 0, m or n = 0).
 //   * k runs in equal blocks of at most kKBlock (one block at the chunk step's k); per block,
-//     op(B) is packed into panels of NR = 2 vectors (the last panel of width <= one vector
-//     uses a one-vector kernel, or, at most half a vector wide with op(A) read by rows, dot
-//     products along k), zero-padded, contiguous in k: one aligned-free stream per panel.
-//     `work` holds k * 2 vectors of floats.
+//     op(B) is cut into panels of NR = 2 vectors (the last panel of width <= one vector uses a
+//     one-vector kernel, or, at most half a vector wide with op(A) read by rows, dot products
+//     along k). A full panel of an untransposed B is read in place (its rows are B's rows, at
+//     stride ldb); otherwise the panel is packed, zero-padded, contiguous in k. `work` holds
+//     k * 2 vectors of floats.
 //   * op(A) is read in place: MR rows broadcast one element at a time, from A[i*lda + p]
 //     (N) or A[p*lda + i] (T, consecutive).
 //   * The micro-kernel keeps an MR x NV-vector tile of C in registers over the whole k
@@ -24,8 +25,8 @@
 
 template <class V, int MR_, int NV>
 inline void micro_tile(int64_t k, const float* a, int64_t a_row, int64_t a_col,
-                       const float* panel, float* c, int64_t ldc, int64_t cols, float alpha,
-                       float beta) {
+                       const float* panel, int64_t ldp, float* c, int64_t ldc, int64_t cols,
+                       float alpha, float beta) {
   constexpr int L = V::L;
   constexpr int NR = NV * L;
   typename V::vec acc[MR_][NV];
@@ -36,7 +37,7 @@ inline void micro_tile(int64_t k, const float* a, int64_t a_row, int64_t a_col,
   for (int64_t p = 0; p < k; ++p) {
     typename V::vec b[NV];
 #pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) b[v] = V::load(panel + p * NR + v * L);
+    for (int v = 0; v < NV; ++v) b[v] = V::load(panel + p * ldp + v * L);
     const float* ap = a + p * a_col;
 #pragma GCC unroll 16
     for (int i = 0; i < MR_; ++i) {
@@ -56,35 +57,48 @@ inline void micro_tile(int64_t k, const float* a, int64_t a_row, int64_t a_col,
   }
 }
 
-// Rows [0, m) of one panel: full MR tiles, then one tile of the remaining rows.
+// Rows [0, m) of one panel: full MR tiles, then the rest. A remainder r < MR is not left as one
+// short tile (r rows hold r x NV accumulator chains: too few to cover the FMA latency, e.g. 2
+// x 2 at m = 50 on AVX2): the last full tile and the remainder are split into two tiles of
+// nearly equal height (4 + 4 there).
 template <class V, int NV>
 inline void panel_rows(int64_t m, int64_t k, const float* a, int64_t a_row, int64_t a_col,
-                       const float* panel, float* c, int64_t ldc, int64_t cols, float alpha,
-                       float beta) {
+                       const float* panel, int64_t ldp, float* c, int64_t ldc, int64_t cols,
+                       float alpha, float beta) {
   // A one-vector panel holds half the accumulators per row: twice the rows (at most 16) keep
   // as many FMA chains in flight as the full tile.
   constexpr int MR = NV == 1 ? (2 * V::MR < 16 ? 2 * V::MR : 16) : V::MR;
-  int64_t i = 0;
-  for (; i + MR <= m; i += MR)
-    micro_tile<V, MR, NV>(k, a + i * a_row, a_row, a_col, panel, c + i * ldc, ldc, cols, alpha,
-                          beta);
-  const int64_t r = m - i;
-  if (r == 0) return;
-  const float* ai = a + i * a_row;
-  float* ci = c + i * ldc;
-  // One instantiation per remainder height, so the tile stays in registers.
-  switch (r) {
-#define PBG_TAIL(R)                                                                        \
-  case R:                                                                                  \
-    if constexpr (R < MR)                                                                  \
-      micro_tile<V, R, NV>(k, ai, a_row, a_col, panel, ci, ldc, cols, alpha, beta); \
+  auto tile = [&](int64_t i0, int64_t h) {
+    const float* ai = a + i0 * a_row;
+    float* ci = c + i0 * ldc;
+    // One instantiation per height, so the tile stays in registers.
+    switch (h) {
+#define PBG_TILE(R)                                                                         \
+  case R:                                                                                   \
+    if constexpr (R <= MR)                                                                  \
+      micro_tile<V, R, NV>(k, ai, a_row, a_col, panel, ldp, ci, ldc, cols, alpha, beta);    \
     break;
-    PBG_TAIL(1) PBG_TAIL(2) PBG_TAIL(3) PBG_TAIL(4) PBG_TAIL(5) PBG_TAIL(6) PBG_TAIL(7)
-    PBG_TAIL(8) PBG_TAIL(9) PBG_TAIL(10) PBG_TAIL(11) PBG_TAIL(12) PBG_TAIL(13)
-    PBG_TAIL(14) PBG_TAIL(15)
-#undef PBG_TAIL
-    default:
-      break;
+      PBG_TILE(1) PBG_TILE(2) PBG_TILE(3) PBG_TILE(4) PBG_TILE(5) PBG_TILE(6) PBG_TILE(7)
+      PBG_TILE(8) PBG_TILE(9) PBG_TILE(10) PBG_TILE(11) PBG_TILE(12) PBG_TILE(13)
+      PBG_TILE(14) PBG_TILE(15) PBG_TILE(16)
+#undef PBG_TILE
+      default:
+        break;
+    }
+  };
+  const int64_t r = m % MR;
+  const int64_t full_end = r != 0 && m > MR ? m - MR - r : m - r;
+  int64_t i = 0;
+  for (; i + MR <= full_end; i += MR)
+    micro_tile<V, MR, NV>(k, a + i * a_row, a_row, a_col, panel, ldp, c + i * ldc, ldc, cols,
+                          alpha, beta);
+  const int64_t rest = m - i;  // 0, r, or MR + r
+  if (rest > MR) {
+    const int64_t h = (rest + 1) / 2;
+    tile(i, h);
+    tile(i + h, rest - h);
+  } else if (rest > 0) {
+    tile(i, rest);
   }
 }
 
@@ -233,8 +247,13 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
     for (int64_t j0 = 0; j0 < n; j0 += NR) {
       const int64_t cols = n - j0 < NR ? n - j0 : NR;
       if (cols > L) {
+        if (!tb && cols == NR) {  // op(B)'s rows hold the panel's rows: read in place
+          panel_rows<V, 2>(m, kb, ab, a_row, a_col, bb + j0, ldb, c + j0, ldc, cols, alpha,
+                           beta_b);
+          continue;
+        }
         pack_panel<NR>(tb, kb, bb, ldb, j0, cols, work);
-        panel_rows<V, 2>(m, kb, ab, a_row, a_col, work, c + j0, ldc, cols, alpha, beta_b);
+        panel_rows<V, 2>(m, kb, ab, a_row, a_col, work, NR, c + j0, ldc, cols, alpha, beta_b);
       } else if (!ta && cols <= L / 2) {  // a few columns: dot products
         const float* bt = bb + j0 * ldb;  // op(B)^T's rows: B's rows when tb
         int64_t ldbt = ldb;
@@ -256,8 +275,13 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
             break;
         }
       } else {  // the last, narrow panel: one vector wide
+        if (!tb && cols == L) {
+          panel_rows<V, 1>(m, kb, ab, a_row, a_col, bb + j0, ldb, c + j0, ldc, cols, alpha,
+                           beta_b);
+          continue;
+        }
         pack_panel<L>(tb, kb, bb, ldb, j0, cols, work);
-        panel_rows<V, 1>(m, kb, ab, a_row, a_col, work, c + j0, ldc, cols, alpha, beta_b);
+        panel_rows<V, 1>(m, kb, ab, a_row, a_col, work, L, c + j0, ldc, cols, alpha, beta_b);
       }
     }
   }

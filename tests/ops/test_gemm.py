@@ -59,7 +59,11 @@ SHAPES = [(50, 100, 100), (1, 1, 1), (13, 37, 5), (12, 32, 7), (25, 33, 64), (7,
           (9, 20, 129), (17, 33, 300), (30, 100, 1000),
           # a narrow last panel of every width the dot-product path has on AVX2 (<= 4 columns)
           # and on AVX-512 (<= 8): 2 (n = 34, 50 on AVX2), 6 (n = 38), 7 (n = 39)
-          (11, 50, 100), (3, 34, 130), (7, 38, 21), (5, 39, 17)]
+          (11, 50, 100), (3, 34, 130), (7, 38, 21), (5, 39, 17),
+          # the last full tile and a short remainder split into two tiles (6 + 2 -> 4 + 4 on
+          # AVX2, 12 + 2 -> 7 + 7 in its one-vector panels, 12 + 1 -> 7 + 6 on AVX-512), and
+          # full panels of an untransposed B read in place, one-vector ones too (n = 24, 40)
+          (26, 24, 40), (61, 40, 33), (13, 8, 20), (25, 56, 9)]
 
 
 @pytest.mark.parametrize("isa", ISAS)
