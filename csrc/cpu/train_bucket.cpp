@@ -44,15 +44,23 @@ constexpr const char* kOp = "train_bucket_";
 // one row-Adagrad step per distinct row, right after the last chunk that uses it (plan). Dense
 // mode (a table whose every row is a negative: all_negs) sums into a table-sized buffer instead
 // and steps every row at the batch's end.
+//
+// The chunk step writes its gradient rows into one chunk's scratch (the worker's, reused by
+// every chunk): a row that no later chunk uses is stepped straight from there; only a row that
+// recurs in a later chunk (a few dozen per batch of 1000 power-law edges) keeps its sum in a
+// row of `pool`. So the batch's gradients are not a batch-sized buffer streaming through the
+// caches (1.6 MB per batch at d = 100, written once, read once) but a hot chunk-sized one.
 template <typename T>
 struct RowCoalescer {
   int64_t dim = 0;
   int64_t dense_rows = -1;     // >= 0: dense mode over this many rows
   std::vector<int64_t> table;  // slot -> index into rows, -1 empty
   std::vector<int64_t> rows;
-  // Sparse mode: each distinct row's summed gradient lives in the caller's buffer, in the first
-  // gradient row added for it (later ones are added into it): no copy of the batch's gradients.
-  std::vector<T*> grads;
+  // Sparse mode: each distinct row's summed gradient (set by accumulate_step): the scratch row
+  // of its first occurrence when its last chunk is that one, else a row of `pool`.
+  std::vector<T*> sum_of;
+  std::vector<T> pool;
+  int64_t pool_used = 0;
   std::vector<T> sums;  // dense mode
   mutable std::vector<T> scales;  // apply's per-row step sizes
   void reset_dense(int64_t n, int64_t d) {
@@ -70,17 +78,18 @@ struct RowCoalescer {
     while (cap < 2 * max_rows) cap <<= 1;
     table.assign(cap, -1);
     rows.clear();
-    grads.clear();
+    sum_of.clear();
+    pool_used = 0;
     occ.clear();
+    first.clear();
     occ_end.clear();
     last.clear();
   }
   bool dense() const { return dense_rows >= 0; }
   // Dense mode: a gradient row of table row `row` into its sum.
   void add(int64_t row, const T* g) { axpy(g, sums.data() + row * dim); }
-  // Sparse mode: the slot of `row`, new (its gradient row g, which must stay valid, and is
-  // written: the row's later gradients accumulate into it) if the batch has not seen it yet.
-  int64_t find(int64_t row, T* g) {
+  // Sparse mode: the slot of `row`, new if the batch has not seen it yet.
+  int64_t find(int64_t row) {
     const uint64_t mask = table.size() - 1;
     uint64_t h = (static_cast<uint64_t>(row) * 0x9e3779b97f4a7c15ULL) >> 20;
     while (true) {
@@ -88,7 +97,7 @@ struct RowCoalescer {
       if (slot < 0) {
         slot = static_cast<int64_t>(rows.size());
         rows.push_back(row);
-        grads.push_back(g);
+        sum_of.push_back(nullptr);
         return slot;
       }
       if (rows[slot] == row) return slot;
@@ -99,28 +108,37 @@ struct RowCoalescer {
   // Stepping each row right after the last chunk that uses it (sparse mode), while its row is
   // still in cache from that chunk's gather, instead of all at the batch's end: the batch's
   // occurrences are planned up front, step by step (a step: one direction's chunk), in the
-  // order the chunk's gradient rows are summed. Exact: no later chunk of the batch reads a
-  // stepped row, and each row's gradient is the same sum, in the same order, as if every row
-  // were stepped at the batch's end (one worker: bit for bit; bench: 1.09x the bucket op with
-  // one worker on a Zen 3, 1.11x with two).
+  // order the chunk's gradient rows are summed (g: where the chunk writes that gradient row,
+  // valid from the chunk's end until the next chunk of its direction). Exact: no later chunk of
+  // the batch reads a stepped row, and each row's gradient is the same sum, in the same order,
+  // as if every row were stepped at the batch's end (one worker: bit for bit; bench: 1.09x the
+  // bucket op with one worker on a Zen 3, 1.11x with two).
   struct Occurrence {
     int64_t slot;
     T* g;
   };
   std::vector<Occurrence> occ;
   std::vector<int64_t> occ_end;  // occurrences of step s: [occ_end[s - 1], occ_end[s])
+  std::vector<int64_t> first;    // per slot, the first step using it
   std::vector<int64_t> last;     // per slot, the last step using it
   std::vector<int64_t> due;      // slots by last step
   std::vector<int64_t> due_end;  // slots due after step s: [due_end[s - 1], due_end[s])
   std::vector<int64_t> due_at;   // plan_done's scratch, kept across batches
   void plan(int64_t row, T* g) {
-    const int64_t slot = find(row, g);
-    if (slot == static_cast<int64_t>(last.size())) last.push_back(0);
-    last[slot] = static_cast<int64_t>(occ_end.size());
+    const int64_t slot = find(row);
+    const int64_t step = static_cast<int64_t>(occ_end.size());
+    if (slot == static_cast<int64_t>(last.size())) {
+      first.push_back(step);
+      last.push_back(step);
+    }
+    last[slot] = step;
     occ.push_back({slot, g});
   }
   void plan_end_step() { occ_end.push_back(static_cast<int64_t>(occ.size())); }
-  void plan_done() {  // slots sorted by last step (counting sort)
+  void plan_done() {  // slots sorted by last step (counting sort); the pool sized
+    int64_t recurring = 0;
+    for (size_t slot = 0; slot < last.size(); ++slot) recurring += first[slot] != last[slot];
+    if (static_cast<int64_t>(pool.size()) < recurring * dim) pool.resize(recurring * dim);
     const size_t steps = occ_end.size();
     due_end.assign(steps, 0);
     for (int64_t l : last) ++due_end[l];
@@ -130,11 +148,23 @@ struct RowCoalescer {
     for (size_t s = 1; s < steps; ++s) due_at[s] = due_end[s - 1];
     for (size_t slot = 0; slot < last.size(); ++slot) due[due_at[last[slot]]++] = slot;
   }
-  // After step s's chunk wrote its gradient rows: its later occurrences into their first.
+  // After step s's chunk wrote its gradient rows: each into its row's sum. A row's first
+  // occurrence starts the sum: in place when the row is due after this step, else copied into a
+  // pool row that later occurrences add into (the same additions, in the same order, as summing
+  // into the first occurrence's row).
   void accumulate_step(int64_t s) {
     for (int64_t k = s ? occ_end[s - 1] : 0; k < occ_end[s]; ++k) {
-      T* first = grads[occ[k].slot];
-      if (first != occ[k].g) axpy(occ[k].g, first);
+      const int64_t slot = occ[k].slot;
+      T*& sum = sum_of[slot];
+      if (sum != nullptr) {
+        axpy(occ[k].g, sum);
+      } else if (last[slot] == s) {
+        sum = occ[k].g;
+      } else {
+        sum = pool.data() + pool_used * dim;
+        ++pool_used;
+        std::copy(occ[k].g, occ[k].g + dim, sum);
+      }
     }
   }
   // The states of the rows due after step s: prefetched before its chunk runs.
@@ -187,7 +217,7 @@ struct RowCoalescer {
       __builtin_prefetch(state + rows[slots[i]], 1);
     for (size_t i = 0; i < n; ++i) {
       if (i + state_ahead < n) __builtin_prefetch(state + rows[slots[i + state_ahead]], 1);
-      scales[i] = row_adagrad_state(state + rows[slots[i]], grads[slots[i]], dim, lr, eps);
+      scales[i] = row_adagrad_state(state + rows[slots[i]], sum_of[slots[i]], dim, lr, eps);
     }
     auto prefetch = [&](size_t i) {
       const char* p = reinterpret_cast<const char*>(emb + rows[slots[i]] * dim);
@@ -196,7 +226,7 @@ struct RowCoalescer {
     for (size_t i = n; i-- > 0 && i + row_ahead >= n;) prefetch(i);
     for (size_t i = n; i-- > 0;) {
       if (i >= row_ahead) prefetch(i - row_ahead);
-      row_adagrad_apply(emb + rows[slots[i]] * dim, grads[slots[i]], dim, scales[i]);
+      row_adagrad_apply(emb + rows[slots[i]] * dim, sum_of[slots[i]], dim, scales[i]);
     }
   }
 };
@@ -290,12 +320,12 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
   std::vector<int64_t> lhs_idx(Bmax), rhs_idx(Bmax), rel_idx(Bmax);
   std::vector<T> wts(Bmax);
   std::vector<int64_t> lhs_uni(Cmax * U), rhs_uni(Cmax * U);
-  // Gradient rows per direction (both stay alive until the batch's apply), laid out per chunk
-  // as [positives | uniform negatives], contiguous, so the chunk step writes them in place.
+  // One chunk's gradient rows per direction, [positives | uniform negatives], contiguous, so the
+  // chunk step writes them in place; every chunk of the direction reuses them (RowCoalescer).
   std::vector<T> g_src_buf[2], g_dst_buf[2];
   for (int d = 0; d < (sh.dynamic ? 2 : 1); ++d) {
-    g_src_buf[d].resize(Cmax * (cs + U) * D);
-    g_dst_buf[d].resize(Cmax * (cs + U) * D);
+    g_src_buf[d].resize((cs + U) * D);
+    g_dst_buf[d].resize((cs + U) * D);
   }
   std::vector<T> g_rhs_op(R * K), g_lhs_op(sh.dynamic ? R * K : 0);
   std::vector<T> g_glob(2 * D);
@@ -409,15 +439,14 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
       return d;
     };
     // Chunk c of a direction: its first edge, its edges, and its gradient rows ([P | Us] src
-    // rows, [P | Ud] dst rows, contiguous in the direction's buffers).
+    // rows, [P | Ud] dst rows, contiguous in the direction's chunk scratch).
     struct Span {
       int64_t b0, P;
       T *gs, *gd;
     };
     auto span_of = [&](const Dir& d, int64_t c) {
       const int64_t b0 = c * cs;
-      return Span{b0, std::min(cs, n - b0), d.g_src + (b0 + c * d.Us) * D,
-                  d.g_dst + (b0 + c * d.Ud) * D};
+      return Span{b0, std::min(cs, n - b0), d.g_src, d.g_dst};
     };
     // Chunk c's gradient rows in the order they are summed: src positives and uniforms, then
     // dst positives and uniforms; fn(coalescer, row, gradient row).
