@@ -68,8 +68,27 @@ struct Avx2 {
       _mm256_storeu_ps(p, v);
       return;
     }
-    const __m256i m = first(cols);
-    if (beta != 0.f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_maskload_ps(p, m), v);
-    _mm256_maskstore_ps(p, m, v);
+    if (beta != 0.f) v = _mm256_fmadd_ps(_mm256_set1_ps(beta), load_cols(p, cols), v);
+    store_first(p, v, cols);
+  }
+  // Lanes [0, cols) of v to p, 0 < cols < 8, as a 4-, a 2- and a 1-lane store, not as
+  // VMASKMOVPS: AMD cores run its store form as a long microcoded sequence (its load form is
+  // cheap). Zen 3, one core, against the masked store in the same process: the loss kernel's
+  // rows of 100 ranking 1.19x, softmax 1.07x; the GEMM's one-vector panels of 4 columns 1.10x.
+  static inline void store_first(float* p, vec v, int64_t cols) {
+    __m128 x = _mm256_castps256_ps128(v);
+    if (cols >= 4) {
+      _mm_storeu_ps(p, x);
+      x = _mm256_extractf128_ps(v, 1);
+      p += 4;
+      cols -= 4;
+    }
+    if (cols >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), x);
+      x = _mm_movehl_ps(x, x);
+      p += 2;
+      cols -= 2;
+    }
+    if (cols >= 1) _mm_store_ss(p, x);
   }
 };
