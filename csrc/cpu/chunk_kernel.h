@@ -15,6 +15,7 @@
 #include "chunk_step.h"
 #include "isa_dispatch.h"
 #include "loss_rows.h"
+#include "transpose.h"
 #include "../kernels/tags.h"
 
 namespace pbg {
@@ -135,8 +136,7 @@ __attribute__((always_inline)) inline ChunkStats run_chunk_body(
     // S2 whole (its rows: the dst rows [positives | uniform] are contiguous), then S1's
     // in-chunk block by transposition and its uniform block.
     gemm(Trans::N, Trans::T, P, Nd, D, T(1), SN, D, DN, D, T(0), S2, Nd);
-    for (int64_t i = 0; i < P; ++i)
-      for (int64_t j = 0; j < P; ++j) S1[i * Ns + j] = S2[j * Nd + i];
+    transpose_block(isa_level(), P, P, S2, Nd, S1, Ns, false);
     if (Us > 0) gemm(Trans::N, Trans::T, P, Us, D, T(1), DN, D, SN + P * D, D, T(0), S1 + P, Ns);
   } else {
     neg_scores<C>(DN, aux_d, P, s_neg, s_neg_aux, Ns, D, S1);
@@ -176,10 +176,8 @@ __attribute__((always_inline)) inline ChunkStats run_chunk_body(
     // H = G2[:, :P] + G1[:, :P]^T = dL/d<src_i, dst_j>, into G2's in-chunk block, and H^T into
     // G1's. Then each side's positive rows take one GEMM over [in-chunk | uniform] columns,
     // and each side's uniform rows one more: 4 calls.
-    for (int64_t i = 0; i < P; ++i)
-      for (int64_t j = 0; j < P; ++j) G2[i * Nd + j] += G1[j * Ns + i];
-    for (int64_t i = 0; i < P; ++i)
-      for (int64_t j = 0; j < P; ++j) G1[i * Ns + j] = G2[j * Nd + i];
+    transpose_block(isa_level(), P, P, G1, Ns, G2, Nd, true);
+    transpose_block(isa_level(), P, P, G2, Nd, G1, Ns, false);
     gemm(Trans::N, Trans::N, P, D, Nd, T(1), G2, Nd, DN, D, T(0), gSN, D);
     gemm(Trans::N, Trans::N, P, D, Ns, T(1), G1, Ns, SN, D, T(0), gDN, D);
     // The uniform rows: src ones are scored against the dst queries (S1's right block), dst

@@ -28,7 +28,6 @@ inline void micro_tile(int64_t k, const float* a, int64_t a_row, int64_t a_col,
                        const float* panel, int64_t ldp, float* c, int64_t ldc, int64_t cols,
                        float alpha, float beta) {
   constexpr int L = V::L;
-  constexpr int NR = NV * L;
   typename V::vec acc[MR_][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR_; ++i)

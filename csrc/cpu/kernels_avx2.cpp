@@ -25,6 +25,7 @@ namespace {
 #include "simd_avx2.h"
 #include "gemm_kernel.h"
 #include "loss_kernel.h"
+#include "transpose_kernel.h"
 
 }  // namespace
 
@@ -44,6 +45,11 @@ double loss_rows_avx2(Loss loss, int64_t rows, int64_t n, const float* S, int64_
                       float* G, int64_t ldg, float* gpos, int64_t* violators) {
   return loss_rows_impl<Avx2>(loss, rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg,
                             gpos, violators);
+}
+
+void transpose_block_avx2(int64_t rows, int64_t cols, const float* src, int64_t lds,
+                          float* dst, int64_t ldd, bool add) {
+  transpose_block_impl(rows, cols, src, lds, dst, ldd, add);
 }
 
 }  // namespace cpu

@@ -19,6 +19,7 @@ namespace {
 #include "simd_avx512.h"
 #include "gemm_kernel.h"
 #include "loss_kernel.h"
+#include "transpose_kernel.h"
 
 }  // namespace
 
@@ -38,6 +39,11 @@ double loss_rows_avx512(Loss loss, int64_t rows, int64_t n, const float* S, int6
                         float* G, int64_t ldg, float* gpos, int64_t* violators) {
   return loss_rows_impl<Avx512>(loss, rows, n, S, lds, pos, weight, margin, neg_weight, G, ldg,
                             gpos, violators);
+}
+
+void transpose_block_avx512(int64_t rows, int64_t cols, const float* src, int64_t lds,
+                          float* dst, int64_t ldd, bool add) {
+  transpose_block_impl(rows, cols, src, lds, dst, ldd, add);
 }
 
 }  // namespace cpu

@@ -102,6 +102,8 @@ def test_every_comparator_operator_loss(comparator, operator, loss, dtype):
 SHAPES = [
     (1, 5, 2, 2, 4, "batch_uniform", "batch_uniform"),  # one edge: C=1, P=1
     (7, 50, 3, 3, 4, "batch_uniform", "batch_uniform"),  # one short chunk
+    # chunks of 17 and 9: the in-chunk blocks transposed in 8 x 8 register blocks and ragged edges
+    (26, 17, 2, 2, 4, "batch_uniform", "batch_uniform"),
     (12, 4, 0, 0, 4, "batch_uniform", "batch_uniform"),  # in-chunk negatives only
     (12, 4, 5, 5, 2, "uniform", "uniform"),  # uniform only (PBG: num_batch_negs = 0)
     (12, 4, 0, 0, 2, "uniform", "uniform"),  # no negatives at all (PBG: NONE)
