@@ -208,8 +208,9 @@ void gemm_with(GemmIsa isa, Trans ta, Trans tb, int64_t m, int64_t n, int64_t k,
                int64_t ldc) {
   if (degenerate(m, n, k, beta, c, ldc)) return;
 #ifdef PBG_HAVE_OWN_GEMM
-  // Our kernels keep a k x 2-vector panel of B in L1/L2 and stream A once per panel: the
-  // chunk step's sizes (k = D or a chunk, a few hundred at most). Bigger products go to BLAS.
+  // Our kernels keep a k x 2-vector panel of B in L1/L2 (packed, or an untransposed B's rows
+  // read in place) and stream A once per panel: the chunk step's sizes (k = D or a chunk, a
+  // few hundred at most). Bigger products go to BLAS.
   if (isa != GemmIsa::Blas && k <= 1024 && m * k <= (int64_t(1) << 18)) {
     thread_local std::vector<float> work;
     const size_t need = static_cast<size_t>(k) * 32;

@@ -17,7 +17,7 @@
 //     (N) or A[p*lda + i] (T, consecutive).
 //   * The micro-kernel keeps an MR x NV-vector tile of C in registers over the whole k
 //     (k is the embedding dimension or a chunk: small), then writes alpha * acc + beta * C
-//     with masked stores on the last panel's columns.
+//     with partial stores on the last panel's columns (store_cols).
 //
 // V (the ISA: simd_avx2.h, simd_avx512.h) provides vec, L (lanes), MR, zero(), load(p),
 // bcast(x), fma(a, b, c), store_cols(p, v, cols, alpha, beta) (cols <= L; beta == 0 never reads

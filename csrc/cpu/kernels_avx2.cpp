@@ -1,7 +1,8 @@
 // The chunk step's hand-vectorised kernels for AVX2 + FMA (Haswell, Zen 1-3 and later): the
-// GEMM (gemm_kernel.h: 6 x 16 tiles, 12 ymm accumulators, 2 for B, 1 broadcast) and the loss
-// pass (loss_kernel.h), compiled for that ISA whatever the build's -march, over simd_avx2.h;
-// chosen at run time (blas.cpp, loss_rows.cpp) only on a CPU that reports it.
+// GEMM (gemm_kernel.h: 6 x 16 tiles, 12 ymm accumulators, 2 for B, 1 broadcast), the loss
+// pass (loss_kernel.h) and the in-chunk transposes (transpose_kernel.h), compiled for that ISA
+// whatever the build's -march, over simd_avx2.h; chosen at run time (blas.cpp, loss_rows.cpp,
+// transpose.cpp) only on a CPU that reports it.
 #include <math.h>
 
 #include <cstdint>

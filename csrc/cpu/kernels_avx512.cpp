@@ -1,8 +1,8 @@
 // The chunk step's hand-vectorised kernels for AVX-512 (F + VL + DQ + BW; Skylake-SP, Ice
 // Lake, Zen 4 and later): the GEMM (gemm_kernel.h: 12 x 32 tiles, 24 zmm accumulators, 2 for
-// B, 1 broadcast) and the loss pass (loss_kernel.h), compiled for that ISA whatever the build's
-// -march, over simd_avx512.h; chosen at run time (blas.cpp, loss_rows.cpp) only on a CPU that
-// reports it.
+// B, 1 broadcast), the loss pass (loss_kernel.h) and the in-chunk transposes
+// (transpose_kernel.h), compiled for that ISA whatever the build's -march, over simd_avx512.h;
+// chosen at run time (blas.cpp, loss_rows.cpp, transpose.cpp) only on a CPU that reports it.
 #include <math.h>
 
 #include <cstdint>

@@ -204,9 +204,9 @@ struct RowCoalescer {
         row_adagrad_step(emb + r * dim, state + r, sums.data() + r * dim, dim, lr, eps);
       return;
     }
-    const int64_t first = s ? due_end[s - 1] : 0;
-    const int64_t* slots = due.data() + first;
-    const size_t n = static_cast<size_t>(due_end[s] - first);
+    const int64_t begin = s ? due_end[s - 1] : 0;
+    const int64_t* slots = due.data() + begin;
+    const size_t n = static_cast<size_t>(due_end[s] - begin);
     // The rows are random accesses into big tables. Two passes: every row's state first (one
     // line each, prefetched far ahead, so many misses overlap; after a step, prefetched before
     // its chunk), then the rows themselves (prefetched a few rows ahead, see gather_rows), last
@@ -522,7 +522,8 @@ void worker_loop(const Shared<T>& sh, std::atomic<int64_t>& next_batch, uint64_t
         (reversed ? st.rhs_viol : st.lhs_viol) += cst.src_violators;
         (reversed ? st.lhs_viol : st.rhs_viol) += cst.dst_violators;
         // The chunk's gradient rows: into the dense tables' sums; for sparse tables, into their
-        // rows' first, and the rows no later chunk uses, stepped (HOGWILD, into the tables).
+        // rows' sums (accumulate_step), and the rows no later chunk uses, stepped (HOGWILD,
+        // into the tables).
         chunk_rows(d, c, [](RowCoalescer<T>& co, int64_t row, T* g) {
           if (co.dense()) co.add(row, g);
         });

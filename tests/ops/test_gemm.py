@@ -63,7 +63,10 @@ SHAPES = [(50, 100, 100), (1, 1, 1), (13, 37, 5), (12, 32, 7), (25, 33, 64), (7,
           # the last full tile and a short remainder split into two tiles (6 + 2 -> 4 + 4 on
           # AVX2, 12 + 2 -> 7 + 7 in its one-vector panels, 12 + 1 -> 7 + 6 on AVX-512), and
           # full panels of an untransposed B read in place, one-vector ones too (n = 24, 40)
-          (26, 24, 40), (61, 40, 33), (13, 8, 20), (25, 56, 9)]
+          (26, 24, 40), (61, 40, 33), (13, 8, 20), (25, 56, 9),
+          # a two-vector panel of 9-15 columns on AVX2 (a partial second vector, an
+          # untransposed B's last panel packed with zero padding)
+          (26, 45, 40), (7, 25, 130)]
 
 
 @pytest.mark.parametrize("isa", ISAS)
