@@ -245,14 +245,13 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
     const float beta_b = p0 == 0 ? beta : 1.f;
     for (int64_t j0 = 0; j0 < n; j0 += NR) {
       const int64_t cols = n - j0 < NR ? n - j0 : NR;
+      // A full panel of an untransposed B: its rows are B's rows, read in place at stride ldb.
+      const bool in_place = !tb && (cols == NR || cols == L);
+      const float* panel = in_place ? bb + j0 : work;
       if (cols > L) {
-        if (!tb && cols == NR) {  // op(B)'s rows hold the panel's rows: read in place
-          panel_rows<V, 2>(m, kb, ab, a_row, a_col, bb + j0, ldb, c + j0, ldc, cols, alpha,
-                           beta_b);
-          continue;
-        }
-        pack_panel<NR>(tb, kb, bb, ldb, j0, cols, work);
-        panel_rows<V, 2>(m, kb, ab, a_row, a_col, work, NR, c + j0, ldc, cols, alpha, beta_b);
+        if (!in_place) pack_panel<NR>(tb, kb, bb, ldb, j0, cols, work);
+        panel_rows<V, 2>(m, kb, ab, a_row, a_col, panel, in_place ? ldb : NR, c + j0, ldc, cols,
+                         alpha, beta_b);
       } else if (!ta && cols <= L / 2) {  // a few columns: dot products
         const float* bt = bb + j0 * ldb;  // op(B)^T's rows: B's rows when tb
         int64_t ldbt = ldb;
@@ -274,13 +273,9 @@ inline void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float a
             break;
         }
       } else {  // the last, narrow panel: one vector wide
-        if (!tb && cols == L) {
-          panel_rows<V, 1>(m, kb, ab, a_row, a_col, bb + j0, ldb, c + j0, ldc, cols, alpha,
-                           beta_b);
-          continue;
-        }
-        pack_panel<L>(tb, kb, bb, ldb, j0, cols, work);
-        panel_rows<V, 1>(m, kb, ab, a_row, a_col, work, L, c + j0, ldc, cols, alpha, beta_b);
+        if (!in_place) pack_panel<L>(tb, kb, bb, ldb, j0, cols, work);
+        panel_rows<V, 1>(m, kb, ab, a_row, a_col, panel, in_place ? ldb : L, c + j0, ldc, cols,
+                         alpha, beta_b);
       }
     }
   }

@@ -42,7 +42,7 @@ double loss_rows_avx512(Loss loss, int64_t rows, int64_t n, const float* S, int6
 }
 
 void transpose_block_avx512(int64_t rows, int64_t cols, const float* src, int64_t lds,
-                          float* dst, int64_t ldd, bool add) {
+                            float* dst, int64_t ldd, bool add) {
   transpose_block_impl(rows, cols, src, lds, dst, ldd, add);
 }
 

@@ -20,6 +20,9 @@ inline void transpose_block_impl(int64_t rows, int64_t cols, const float* src, i
       if (add) transpose8_add(src + j * lds + i, lds, dst + i * ldd + j, ldd);
       else transpose8(src + j * lds + i, lds, dst + i * ldd + j, ldd);
     }
+  // The edges: transpose_block_generic's loop, written out here rather than called: an inline
+  // function shared with the baseline build could be linked in this ISA's version and run on a
+  // CPU without it (see gemm_kernel.h's header).
   auto one = [&](int64_t i, int64_t j) {
     dst[i * ldd + j] = add ? dst[i * ldd + j] + src[j * lds + i] : src[j * lds + i];
   };
